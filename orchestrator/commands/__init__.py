@@ -1,0 +1,1 @@
+"""One module per CLI subsystem; each exposes ``configure(parser)`` which sets ``func``."""
