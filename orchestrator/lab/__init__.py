@@ -1,0 +1,1 @@
+"""Lab: process supervision, network namespaces, reference SRS, load."""

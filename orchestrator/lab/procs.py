@@ -1,0 +1,172 @@
+"""Run the real daemons as supervised foreground processes (no shell, argument lists).
+
+Used by ``siprecctl check`` (smoke starts), the lab and the integration tests::
+
+    with Rtpengine(conf, workdir=tmp).started() as rtp:
+        ...  # rtp.ng_address is answering NG ping
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from ..errors import LabError
+
+RTPENGINE_BIN = "/usr/bin/rtpengine"
+KAMAILIO_BIN = "/usr/sbin/kamailio"
+
+
+def free_port(proto: str = "udp", host: str = "127.0.0.1") -> int:
+    """A port currently free on ``host`` (for tests; racy by nature, good enough on loopback)."""
+    kind = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def ng_ping(host: str, port: int, timeout: float = 0.5) -> bool:
+    """True when an rtpengine answers a bencode NG ping on UDP ``host:port``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        cookie = os.urandom(6).hex().encode()
+        try:
+            s.sendto(cookie + b" d7:command4:pinge", (host, port))
+            data = s.recv(65535)
+        except OSError:
+            return False
+        return data.startswith(cookie + b" ") and b"pong" in data
+
+
+def tcp_open(host: str, port: int, timeout: float = 0.3) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+class Daemon:
+    """A foreground daemon with its output captured to ``<workdir>/<name>.log``."""
+
+    name = "daemon"
+
+    def __init__(self, argv: Sequence[str], workdir: Path) -> None:
+        self.argv = list(argv)
+        self.workdir = Path(workdir)
+        self.log_path = self.workdir / f"{self.name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        try:
+            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+        except OSError as exc:
+            raise LabError(f"cannot start {self.name}: {exc}") from exc
+        finally:
+            log.close()
+
+    def ready(self) -> bool:  # pragma: no cover - overridden
+        return True
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise LabError(f"{self.name} exited with status {self.proc.returncode} during "
+                               f"start-up:\n{self.log_tail()}")
+            if self.ready():
+                return
+            time.sleep(0.05)
+        raise LabError(f"{self.name} not ready after {timeout:.0f} s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, timeout: float = 5.0) -> int | None:
+        """SIGTERM the process group, SIGKILL after ``timeout``; returns the exit status."""
+        p = self.proc
+        if p is None or p.poll() is not None:
+            return None if p is None else p.returncode
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGTERM)
+        try:
+            return p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+            return p.wait(timeout)
+
+    @contextlib.contextmanager
+    def started(self, timeout: float = 10.0) -> Iterator[Daemon]:
+        self.start()
+        try:
+            self.wait_ready(timeout)
+            yield self
+        finally:
+            self.stop()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+class Rtpengine(Daemon):
+    """rtpengine in the foreground, userspace; ``overrides`` are extra ``--key=value``."""
+
+    name = "rtpengine"
+
+    def __init__(self, config: Path | None, workdir: Path, *, ng: tuple[str, int],
+                 overrides: Sequence[str] = ()) -> None:
+        self.ng_address = ng
+        argv = [RTPENGINE_BIN, f"--config-file={config or 'none'}", "--foreground",
+                "--log-stderr", f"--pidfile={Path(workdir) / 'rtpengine.pid'}"]
+        if config is None:
+            argv += ["--table=-1", f"--listen-ng={ng[0]}:{ng[1]}"]
+        argv += list(overrides)
+        super().__init__(argv, workdir)
+
+    def ready(self) -> bool:
+        return ng_ping(*self.ng_address, timeout=0.2)
+
+
+class Kamailio(Daemon):
+    """Kamailio in the foreground (``-DD -E``) with a private runtime dir (``-Y``)."""
+
+    name = "kamailio"
+
+    def __init__(self, config: Path, workdir: Path, *, ready_tcp: tuple[str, int] | None = None,
+                 shm_mb: int = 64, pkg_mb: int = 8, defines: Sequence[str] = ()) -> None:
+        self.run_dir = Path(workdir) / "run"
+        self.ready_tcp = ready_tcp
+        argv = [KAMAILIO_BIN, "-DD", "-E", "-f", str(config), "-Y", str(self.run_dir),
+                "-P", str(self.run_dir / "kamailio.pid"), "-m", str(shm_mb), "-M", str(pkg_mb)]
+        for d in defines:
+            argv += ["-A", d]
+        super().__init__(argv, workdir)
+
+    def start(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        super().start()
+
+    def ready(self) -> bool:
+        if self.ready_tcp is None:
+            return (self.run_dir / "kamailio_rpc.sock").exists()
+        return tcp_open(*self.ready_tcp)
+
+
+def kamailio_check(config: Path) -> subprocess.CompletedProcess[str]:
+    """``kamailio -c -f config``: syntax, modules and fixups (not that sockets bind)."""
+    return subprocess.run([KAMAILIO_BIN, "-c", "-f", str(config)], capture_output=True,
+                          text=True, timeout=60, check=False)

@@ -1,0 +1,227 @@
+"""Load a site file: YAML → plain data with line marks → validated :class:`Site`.
+
+Every problem becomes a :class:`~orchestrator.errors.SiteError` naming the file, the line
+(from the YAML parser's node marks) and the key path, e.g.
+``site.yaml:14 media.nodes[0].ports: port_min 40000 must be below port_max 30000``.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from ..errors import SiteError, SiteErrors
+from .model import Site
+
+Path_ = tuple[str | int, ...]
+DEFAULT_SITE = "lab"  # the embedded default
+
+
+class _Doc:
+    """Plain data plus the line of every key path (1-based)."""
+
+    def __init__(self) -> None:
+        self.value_line: dict[Path_, int] = {}
+        self.key_line: dict[Path_, int] = {}
+
+    def line(self, path: Path_) -> int | None:
+        # the value's line, else the key's, else the nearest ancestor's
+        for n in range(len(path), -1, -1):
+            p = path[:n]
+            if n == len(path) and p in self.key_line:
+                return self.key_line[p]
+            if p in self.value_line:
+                return self.value_line[p]
+        return None
+
+
+def _to_data(node: yaml.Node, path: Path_, doc: _Doc, file: str) -> Any:
+    doc.value_line[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, Any] = {}
+        for knode, vnode in node.value:
+            if not isinstance(knode, yaml.ScalarNode):
+                raise SiteError("keys must be plain strings", file=file,
+                                line=knode.start_mark.line + 1, path=_fmt(path) or None)
+            key = knode.value
+            if key in out:  # PyYAML silently keeps the last one; a site must be unambiguous
+                raise SiteError(f"duplicate key '{key}' (first at line "
+                                f"{doc.key_line[path + (key,)]})", file=file,
+                                line=knode.start_mark.line + 1, path=_fmt(path + (key,)))
+            doc.key_line[path + (key,)] = knode.start_mark.line + 1
+            out[key] = _to_data(vnode, path + (key,), doc, file)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_to_data(v, path + (i,), doc, file) for i, v in enumerate(node.value)]
+    return yaml.SafeLoader.construct_object(_SCALAR_LOADER, node)  # type: ignore[arg-type]
+
+
+class _ScalarLoader(yaml.SafeLoader):
+    def __init__(self) -> None:  # no stream: only used to construct scalars
+        yaml.SafeLoader.__init__(self, "")
+
+
+_SCALAR_LOADER = _ScalarLoader()
+
+
+def _fmt(path: Path_) -> str:
+    s = ""
+    for p in path:
+        s += f"[{p}]" if isinstance(p, int) else (f".{p}" if s else str(p))
+    return s
+
+
+def _type_name(v: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "a mapping", type(None): "nothing"}.get(type(v), type(v).__name__)
+
+
+_EXPECTED = {
+    "int_type": "an integer", "int_parsing": "an integer", "string_type": "a string",
+    "bool_type": "a boolean (true/false)", "bool_parsing": "a boolean (true/false)",
+    "float_type": "a number", "list_type": "a list", "dict_type": "a mapping",
+    "model_type": "a mapping", "model_attributes_type": "a mapping",
+}
+
+
+def _message(err: dict[str, Any], data_at: Any) -> str:
+    t = err["type"]
+    ctx = err.get("ctx") or {}
+    if t == "extra_forbidden":
+        return "unknown key"
+    if t == "missing":
+        return "required key is missing"
+    if t in _EXPECTED:
+        return f"expected {_EXPECTED[t]}, got {_type_name(data_at)} {json.dumps(data_at)}"
+    if t == "literal_error":
+        return f"expected one of {ctx.get('expected')}, got {json.dumps(data_at)}"
+    if t in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
+        bound = {"greater_than_equal": ">=", "less_than_equal": "<=", "greater_than": ">",
+                 "less_than": "<"}[t]
+        lim = next(iter(ctx.values()))
+        return f"must be {bound} {lim}, got {json.dumps(data_at)}"
+    if t == "too_short":
+        return f"must have at least {ctx.get('min_length')} item(s)"
+    return str(err["msg"])
+
+
+def _lookup(data: Any, path: Path_) -> Any:
+    for p in path:
+        try:
+            data = data[p]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
+
+
+def _loc_path(loc: tuple[Any, ...]) -> Path_:
+    # pydantic adds tags for unions ("str", "PortOnly"...) — keep only real keys/indices
+    return tuple(p for p in loc if isinstance(p, int) or not p[:1].isupper() and p not in (
+        "str", "int", "float", "bool", "list", "dict", "none"))
+
+
+def _parse_path(s: str) -> Path_:
+    out: list[str | int] = []
+    for part in s.replace("[", ".[").split("."):
+        if not part:
+            continue
+        out.append(int(part[1:-1]) if part.startswith("[") else part)
+    return tuple(out)
+
+
+def validate_data(data: Any, *, file: str = "<site>", doc: _Doc | None = None) -> Site:
+    """Validate already-parsed data; errors carry lines when ``doc`` has them."""
+    doc = doc or _Doc()
+    if not isinstance(data, dict):
+        raise SiteError(f"expected a mapping at the top level, got {_type_name(data)}",
+                        file=file, line=1)
+    try:
+        return Site.model_validate(data)
+    except ValidationError as exc:
+        errors: list[SiteError] = []
+        for err in exc.errors(include_url=False):
+            if err["type"] == "site_cross":
+                for spath, msg in err["ctx"]["problems"]:
+                    p = _parse_path(spath)
+                    errors.append(SiteError(msg, file=file, line=doc.line(p), path=spath))
+                continue
+            p = _loc_path(err["loc"])
+            if err["type"] == "extra_forbidden":
+                line = doc.key_line.get(p, doc.line(p))
+            else:
+                line = doc.line(p)
+            errors.append(SiteError(_message(err, _lookup(data, p)), file=file, line=line,
+                                    path=_fmt(p) or None))
+        errors.sort(key=lambda e: (e.line or 0, e.path or ""))
+        if len(errors) == 1:
+            raise errors[0] from None
+        raise SiteErrors(errors) from None
+
+
+def load_text(text: str, *, file: str = "<site>") -> Site:
+    """Parse and validate a site document given as text."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        raise SiteError(f"YAML syntax error: {exc.problem or exc.context}", file=file,
+                        line=line) from None
+    except yaml.YAMLError as exc:
+        raise SiteError(f"YAML error: {exc}", file=file) from None
+    if node is None:
+        raise SiteError("the site file is empty", file=file, line=1)
+    doc = _Doc()
+    try:
+        data = _to_data(node, (), doc, file)
+    except yaml.constructor.ConstructorError as exc:
+        mark = exc.problem_mark
+        raise SiteError(f"YAML error: {exc.problem}", file=file,
+                        line=mark.line + 1 if mark else None) from None
+    return validate_data(data, file=file, doc=doc)
+
+
+def embedded_names() -> list[str]:
+    """Names of the sites shipped with the package (``lab`` is the default)."""
+    return sorted(p.name[:-5] for p in resources.files("orchestrator.site").joinpath(
+        "embedded").iterdir() if p.name.endswith(".yaml"))
+
+
+def embedded_text(name: str = DEFAULT_SITE) -> str:
+    try:
+        return resources.files("orchestrator.site").joinpath(f"embedded/{name}.yaml").read_text()
+    except FileNotFoundError:
+        raise SiteError(f"no embedded site named '{name}' (have: {', '.join(embedded_names())})"
+                        ) from None
+
+
+def load(source: str | Path | None = None) -> Site:
+    """Load a site from a file path, ``-`` (stdin), an embedded name, or the default lab."""
+    if source is None:
+        return load_text(embedded_text(), file=f"<embedded:{DEFAULT_SITE}>")
+    s = str(source)
+    if s == "-":
+        import sys
+
+        return load_text(sys.stdin.read(), file="<stdin>")
+    path = Path(s)
+    if not path.exists() and "/" not in s and not s.endswith((".yaml", ".yml")):
+        return load_text(embedded_text(s), file=f"<embedded:{s}>")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SiteError(f"cannot read site file: {exc}", file=s) from None
+    return load_text(text, file=s)
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of the site file, for editors (``siprecctl site schema``)."""
+    schema = Site.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "siprecctl site"
+    return schema
