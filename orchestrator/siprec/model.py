@@ -22,10 +22,26 @@ LEGACY_NS = "urn:ietf:params:xml:ns:recording"
 XML_NS = "http://www.w3.org/XML/1998/namespace"
 
 __all__ = [
-    "RECORDING_NS", "LEGACY_NS", "XML_NS", "DataMode", "Extension", "Group", "Reason",
-    "Session", "SessionRecordingAssoc", "NameID", "Participant", "Param",
-    "ParticipantSessionAssoc", "Stream", "ParticipantStreamAssoc", "Recording",
-    "SnapshotRequest", "new_id", "id_bytes", "replace",
+    "LEGACY_NS",
+    "RECORDING_NS",
+    "XML_NS",
+    "DataMode",
+    "Extension",
+    "Group",
+    "NameID",
+    "Param",
+    "Participant",
+    "ParticipantSessionAssoc",
+    "ParticipantStreamAssoc",
+    "Reason",
+    "Recording",
+    "Session",
+    "SessionRecordingAssoc",
+    "SnapshotRequest",
+    "Stream",
+    "id_bytes",
+    "new_id",
+    "replace",
 ]
 
 
