@@ -1,0 +1,402 @@
+"""NG transports: move one request's bytes to rtpengine and its reply's bytes back.
+
+A transport knows nothing about commands; :class:`~orchestrator.ng.client.NgClient`
+encodes and decodes. ``request(cookie, message, timeout)`` returns the reply's *body*
+(the bytes after ``cookie SP``). Backend errors are translated here::
+
+    UdpTransport   one socket, many requests in flight (thread-safe), replies matched by
+                   cookie, retransmission of the same bytes with backoff, then NgTimeout
+    TcpTransport   TCP-NG (``listen-tcp-ng``), bencode only, one request at a time
+    HttpTransport  ``POST /ng`` on ``listen-http`` (requests; imported on first use)
+    MockTransport  calls a handler function with the decoded request (unit tests)
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Self
+
+from ..errors import NgProtocolError, NgTimeout, NgTransportError
+from .codec import Encoding, StreamDecoder, decode_body, encode_body, split_cookie, to_text
+
+if TYPE_CHECKING:
+    import requests
+
+__all__ = ["HttpTransport", "MockTransport", "TcpTransport", "Transport", "UdpTransport"]
+
+_monotonic = time.monotonic
+
+
+class Transport:
+    """Base class: ``request`` one message, ``close`` when done."""
+
+    kind = "base"
+    encodings: frozenset[str] = frozenset({"bencode", "json"})
+
+    def request(self, cookie: bytes, message: bytes, timeout: float) -> bytes:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release sockets/sessions (idempotent)."""
+
+    @property
+    def label(self) -> str:
+        return self.kind
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _log() -> Any:
+    import logging  # imported on demand: keeps `siprecctl ng ping` cold start short
+
+    return logging.getLogger("orchestrator.ng")
+
+
+# ----------------------------------------------------------------------------- UDP
+class _Waiter:
+    """One request in flight. ``wake`` (a pre-acquired lock) is released to wake its caller,
+    either because its reply arrived or because it should take over reading the socket."""
+
+    __slots__ = ("reply", "signalled", "wake")
+
+    def __init__(self) -> None:
+        self.reply: bytes | None = None
+        self.wake = threading.Lock()
+        self.wake.acquire()
+        self.signalled = False
+
+
+class UdpTransport(Transport):
+    """NG over UDP (rtpengine ``listen-ng``): one connected socket shared by all threads.
+
+    Leader/follower: the first waiting caller reads the socket and hands each reply to its
+    owner by cookie; when it leaves, it wakes another waiting caller to take over. A lone
+    caller therefore reads its own reply without a thread switch. Unanswered requests are
+    sent again -- same cookie, same bytes, so rtpengine's cookie cache answers a duplicate
+    without executing it twice (``cookie_cache.c``) -- after ``first_retry`` seconds, then
+    with the interval multiplied by ``backoff`` (capped at ``max_retry``), until the
+    request's timeout expires (:class:`NgTimeout`).
+    """
+
+    kind = "udp"
+
+    def __init__(self, host: str, port: int, *, first_retry: float = 0.5, backoff: float = 2.0,
+                 max_retry: float = 2.0, bufsize: int = 65535) -> None:
+        if first_retry <= 0 or backoff < 1:
+            raise ValueError("first_retry must be > 0 and backoff >= 1")
+        self.address = (host, port)
+        self.first_retry = first_retry
+        self.backoff = backoff
+        self.max_retry = max_retry
+        self.bufsize = bufsize  # rtpengine: MAX_UDP_LENGTH 0xffff
+        self.retransmissions = 0  # total, for diagnostics and tests
+        self._mutex = threading.Lock()
+        self._reader = threading.Lock()
+        self._pending: dict[bytes, _Waiter] = {}
+        self._sock: socket.socket | None = None
+        self._closed = False
+
+    @property
+    def label(self) -> str:
+        return f"udp:{self.address[0]}:{self.address[1]}"
+
+    def _socket(self) -> socket.socket:
+        s = self._sock
+        if s is not None:
+            return s
+        with self._mutex:
+            if self._closed:
+                raise NgTransportError(f"{self.label}: transport is closed")
+            if self._sock is None:
+                try:
+                    info = socket.getaddrinfo(*self.address, type=socket.SOCK_DGRAM)[0]
+                    s = socket.socket(info[0], socket.SOCK_DGRAM)
+                    # connected: the kernel only passes us datagrams from this rtpengine
+                    s.connect(info[4])
+                except OSError as exc:
+                    raise NgTransportError(f"{self.label}: {exc}") from exc
+                self._sock = s
+            return self._sock
+
+    def request(self, cookie: bytes, message: bytes, timeout: float) -> bytes:
+        sock = self._socket()
+        w = _Waiter()
+        with self._mutex:
+            if cookie in self._pending:
+                raise ValueError(f"cookie {cookie!r} is already in flight")
+            self._pending[cookie] = w
+        try:
+            now = _monotonic()
+            deadline = now + timeout
+            interval = self.first_retry
+            self._send(sock, message)
+            next_send = now + interval
+            while True:
+                if w.reply is not None:
+                    return w.reply[len(cookie) + 1:]
+                now = _monotonic()
+                if now >= deadline:
+                    raise NgTimeout(f"{self.label}: no reply after {timeout:g} s")
+                if now >= next_send:
+                    self.retransmissions += 1
+                    self._send(sock, message)
+                    interval = min(interval * self.backoff, self.max_retry)
+                    next_send = now + interval
+                until = min(deadline, next_send)
+                if self._reader.acquire(False):
+                    try:
+                        self._read(sock, w, until)
+                    finally:
+                        self._reader.release()
+                        self._handover(w)
+                elif w.wake.acquire(True, until - now):
+                    with self._mutex:
+                        w.signalled = False
+        finally:
+            with self._mutex:
+                self._pending.pop(cookie, None)
+            if not self._reader.locked():
+                self._handover(w)
+
+    def _send(self, sock: socket.socket, message: bytes) -> None:
+        try:
+            sock.send(message)
+        except OSError as exc:
+            raise NgTransportError(f"{self.label}: send failed: {exc}") from exc
+
+    def _read(self, sock: socket.socket, w: _Waiter, until: float) -> None:
+        """Leader: read replies and dispatch them until ours arrives or ``until``."""
+        pending = self._pending
+        while w.reply is None:
+            remaining = until - _monotonic()
+            if remaining <= 0:
+                return
+            sock.settimeout(remaining)
+            try:
+                data = sock.recv(self.bufsize)
+            except TimeoutError:
+                return
+            except ConnectionRefusedError as exc:
+                # ICMP port unreachable on the connected socket: nothing listens there
+                raise NgTransportError(f"{self.label}: connection refused (is rtpengine "
+                                       f"listening?)") from exc
+            except OSError as exc:
+                raise NgTransportError(f"{self.label}: receive failed: {exc}") from exc
+            sp = data.find(b" ", 0, 128)
+            other = pending.get(data[:sp]) if sp > 0 else None
+            if other is None:
+                # a late duplicate (answered retransmission) or garbage: not ours to keep
+                _log().debug("%s: dropping reply with unknown cookie %r", self.label,
+                             data[:max(sp, 0)][:64])
+                continue
+            if other.reply is None:
+                other.reply = data
+                if other is not w:
+                    self._wake(other)
+
+    def _wake(self, w: _Waiter) -> None:
+        with self._mutex:
+            if not w.signalled:
+                w.signalled = True
+                w.wake.release()
+
+    def _handover(self, me: _Waiter) -> None:
+        """Wake one caller still waiting for its reply so that it reads the socket."""
+        for other in list(self._pending.values()):
+            if other is not me and other.reply is None:
+                self._wake(other)
+                return
+
+    def close(self) -> None:
+        with self._mutex:
+            self._closed = True
+            s, self._sock = self._sock, None
+        if s is not None:
+            s.close()
+
+
+# ----------------------------------------------------------------------------- TCP
+class TcpTransport(Transport):
+    """TCP-NG (rtpengine ``listen-tcp-ng``): bencode only, one request at a time.
+
+    rtpengine finds message boundaries by validating bencode, so JSON gets no reply, and it
+    closes a connection holding more than 1024 bytes of an incomplete message
+    (``control_ng.c``, "Buffer length exceeded in control connection"). Each message is
+    therefore sent with a single ``sendall``; if the daemon closes the connection anyway,
+    the request is sent once more on a new connection with the same cookie (its cookie
+    cache makes that safe). Messages with unknown cookies (unsolicited DTMF events when
+    ``dtmf-log-ng-tcp`` is on) are skipped.
+    """
+
+    kind = "tcp"
+    encodings = frozenset({"bencode"})
+
+    def __init__(self, host: str, port: int, *, connect_timeout: float = 2.0) -> None:
+        self.address = (host, port)
+        self.connect_timeout = connect_timeout
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._decoder = StreamDecoder()
+
+    @property
+    def label(self) -> str:
+        return f"tcp:{self.address[0]}:{self.address[1]}"
+
+    def _connect(self, timeout: float) -> socket.socket:
+        if self._sock is None:
+            try:
+                s = socket.create_connection(self.address, min(timeout, self.connect_timeout))
+            except TimeoutError as exc:
+                raise NgTimeout(f"{self.label}: connect timed out") from exc
+            except OSError as exc:
+                raise NgTransportError(f"{self.label}: connect failed: {exc}") from exc
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._sock = s
+            self._decoder = StreamDecoder()
+        return self._sock
+
+    def _drop(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def request(self, cookie: bytes, message: bytes, timeout: float) -> bytes:
+        if message[len(cookie) + 1:len(cookie) + 2] != b"d":
+            raise NgTransportError(f"{self.label}: TCP-NG takes bencode only (rtpengine "
+                                   f"cannot delimit JSON on a stream)")
+        deadline = _monotonic() + timeout
+        with self._lock:
+            for attempt in (1, 2):
+                sock = self._connect(deadline - _monotonic())
+                try:
+                    return self._exchange(sock, cookie, message, deadline)
+                except _ConnectionLost as exc:
+                    self._drop()
+                    if attempt == 2 or _monotonic() >= deadline:
+                        raise NgTransportError(f"{self.label}: {exc}") from exc
+                    _log().info("%s: %s; resending on a new connection", self.label, exc)
+                except BaseException:
+                    self._drop()
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _exchange(self, sock: socket.socket, cookie: bytes, message: bytes,
+                  deadline: float) -> bytes:
+        try:
+            sock.settimeout(max(deadline - _monotonic(), 0.001))
+            sock.sendall(message)
+            while True:
+                remaining = deadline - _monotonic()
+                if remaining <= 0:
+                    raise NgTimeout(f"{self.label}: no reply in time")
+                sock.settimeout(remaining)
+                data = sock.recv(65536)
+                if not data:
+                    hint = (" (rtpengine drops TCP-NG connections holding over 1024 bytes "
+                            "of an incomplete message)" if len(message) > 1024 else "")
+                    raise _ConnectionLost(f"connection closed by rtpengine{hint}")
+                for ck, body in self._decoder.feed(data):
+                    if ck == cookie:
+                        return body
+                    _log().debug("%s: skipping message with cookie %r", self.label, ck[:64])
+        except TimeoutError as exc:
+            raise NgTimeout(f"{self.label}: no reply in time") from exc
+        except (ConnectionResetError, BrokenPipeError) as exc:
+            raise _ConnectionLost(str(exc)) from exc
+        except OSError as exc:
+            raise NgTransportError(f"{self.label}: {exc}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()
+
+
+class _ConnectionLost(Exception):
+    pass
+
+
+# ----------------------------------------------------------------------------- HTTP
+class HttpTransport(Transport):
+    """``POST /ng`` with ``Content-Type: application/x-rtpengine-ng`` (rtpengine
+    ``listen-http``); the body is ``cookie SP dictionary`` both ways."""
+
+    kind = "http"
+
+    def __init__(self, host: str, port: int, *, path: str = "/ng", scheme: str = "http",
+                 connect_timeout: float = 2.0, verify: bool | str = True) -> None:
+        import requests  # imported here: the UDP path must not pay for it
+
+        self.address = (host, port)
+        self.url = f"{scheme}://{host}:{port}{path}"
+        self.connect_timeout = connect_timeout
+        self._requests = requests
+        self._session: requests.Session = requests.Session()
+        self._session.verify = verify
+        self._lock = threading.Lock()
+
+    @property
+    def label(self) -> str:
+        return self.url
+
+    def request(self, cookie: bytes, message: bytes, timeout: float) -> bytes:
+        rq = self._requests
+        try:
+            r = self._session.post(self.url, data=message,
+                                   headers={"Content-Type": "application/x-rtpengine-ng"},
+                                   timeout=(min(self.connect_timeout, timeout), timeout))
+        except rq.Timeout as exc:
+            raise NgTimeout(f"{self.label}: no reply in {timeout:g} s") from exc
+        except rq.RequestException as exc:
+            raise NgTransportError(f"{self.label}: {exc}") from exc
+        if r.status_code != 200:
+            # 10.5: status 600 "error" when the cookie is missing; 404 for unknown paths
+            raise NgTransportError(f"{self.label}: HTTP {r.status_code} "
+                                   f"{r.text[:200].strip()!r}")
+        data = r.content
+        ck, off = split_cookie(data)
+        if ck != cookie:
+            raise NgProtocolError(f"reply cookie {ck[:64]!r} does not match {cookie!r}",
+                                  offset=0)
+        return data[off:]
+
+    def close(self) -> None:
+        self._session.close()
+
+
+# ----------------------------------------------------------------------------- mock
+Handler = Callable[[dict[str, Any]], "dict[str, Any] | bytes"]
+
+
+class MockTransport(Transport):
+    """Calls ``handler(request)`` with the decoded request (keys and strings as ``str``).
+
+    The handler returns a reply dictionary (encoded like the request), raw reply bytes
+    (the body after the cookie, to test malformed replies), or raises a siprecctl error
+    (e.g. :class:`NgTimeout`). Every decoded request is kept in ``requests``.
+    """
+
+    kind = "mock"
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.requests: list[dict[str, Any]] = []
+        self.cookies: list[bytes] = []
+
+    def request(self, cookie: bytes, message: bytes, timeout: float) -> bytes:
+        ck, off = split_cookie(message)
+        body, enc = decode_body(message, off)
+        req = to_text(body)
+        self.requests.append(req)
+        self.cookies.append(ck)
+        reply = self.handler(req)
+        if isinstance(reply, bytes):
+            return reply
+        encoding: Encoding = enc
+        return encode_body(reply, encoding)
