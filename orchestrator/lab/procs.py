@@ -147,8 +147,9 @@ class Kamailio(Daemon):
     name = "kamailio"
 
     def __init__(self, config: Path, workdir: Path, *, ready_tcp: tuple[str, int] | None = None,
-                 shm_mb: int = 64, pkg_mb: int = 8, defines: Sequence[str] = ()) -> None:
-        self.run_dir = Path(workdir) / "run"
+                 shm_mb: int = 64, pkg_mb: int = 8, defines: Sequence[str] = (),
+                 run_dir: Path | None = None) -> None:
+        self.run_dir = Path(run_dir) if run_dir else Path(workdir) / "run"
         self.ready_tcp = ready_tcp
         argv = [KAMAILIO_BIN, "-DD", "-E", "-f", str(config), "-Y", str(self.run_dir),
                 "-P", str(self.run_dir / "kamailio.pid"), "-m", str(shm_mb), "-M", str(pkg_mb)]

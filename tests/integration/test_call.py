@@ -1,0 +1,248 @@
+"""Real calls through the committed lab configs: sipp UAC → Kamailio → sipp UAS, media
+through rtpengine, local recording on and off. Daemons are shared by the module."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import threading
+import time
+import urllib.parse
+from pathlib import Path
+
+import pytest
+
+from orchestrator.lab import sipp
+from orchestrator.lab.procs import Kamailio, Rtpengine
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.integration
+
+SIP = ("127.0.0.1", 5060)  # from the lab site (kamailio/edge1/kamailio.cfg)
+NG = ("127.0.0.1", 2223)
+EVAPI = ("127.0.0.1", 8448)
+UAS_PORT = 5080
+
+
+class EventReader(threading.Thread):
+    """Collects the newline-framed JSON events Kamailio relays over evapi."""
+
+    def __init__(self, addr: tuple[str, int]) -> None:
+        super().__init__(daemon=True)
+        self.sock = socket.create_connection(addr, timeout=5)
+        self.sock.settimeout(None)
+        self.events: list[dict] = []
+        self.cond = threading.Condition()
+
+    def run(self) -> None:
+        buf = b""
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            buf += data
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                if line.strip():
+                    with self.cond:
+                        self.events.append(json.loads(line))
+                        self.cond.notify_all()
+
+    def wait_for(self, pred, timeout: float = 10.0) -> dict:
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                for ev in self.events:
+                    if pred(ev):
+                        return ev
+                left = deadline - time.monotonic()
+                assert left > 0, f"no matching event; got {self.events}"
+                self.cond.wait(left)
+
+
+def ng(command: dict) -> dict:
+    """One NG request as JSON over UDP (rtpengine ≥ 10.3 answers JSON with JSON)."""
+    cookie = os.urandom(6).hex()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(2)
+        s.sendto(f"{cookie} ".encode() + json.dumps(command).encode(), NG)
+        data = s.recv(65535)
+    got_cookie, body = data.split(b" ", 1)
+    assert got_cookie.decode() == cookie
+    return json.loads(body)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    work = tmp_path_factory.mktemp("call")
+    rec = work / "recordings"
+    rec.mkdir()
+    rtp = Rtpengine(ROOT / "rtpengine/rtp1/rtpengine.conf", work / "rtpengine", ng=NG,
+                    overrides=[f"--recording-dir={rec}", "--delete-delay=0"])
+    kam = Kamailio(ROOT / "kamailio/edge1/kamailio.cfg", work / "kamailio",
+                   ready_tcp=("127.0.0.1", 5071))
+    cwd = sipp.workdir(work / "sipp")
+    with rtp.started(), kam.started():
+        uas = sipp.uas(cwd, "127.0.0.1", UAS_PORT)
+        events = EventReader(EVAPI)
+        events.start()
+        time.sleep(0.3)
+        state = {"rec": rec, "cwd": cwd, "events": events, "kam": kam, "uas": uas}
+        try:
+            yield state
+        finally:
+            sipp.stop(state["uas"])
+            events.sock.close()
+
+
+def place_call(lab, *, record: str, customer: str, local_port: int, duration_ms: int = 3000):
+    argv = sipp.uac_argv(lab["cwd"], f"{SIP[0]}:{SIP[1]}", local=("127.0.0.1", local_port),
+                         record=record, customer=customer, duration_ms=duration_ms)
+    return subprocess.Popen(argv, cwd=lab["cwd"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+def packets_per_tag(reply: dict) -> dict[str, int]:
+    out = {}
+    for tag, t in reply["tags"].items():
+        out[tag] = sum(s["stats"]["packets"] for m in t["medias"] for s in m["streams"])
+    return out
+
+
+def wait_file(pattern_dir: Path, needle: str, timeout: float = 10.0) -> Path:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for p in pattern_dir.glob("*"):
+            if needle in p.name:
+                return p
+        time.sleep(0.1)
+    raise AssertionError(f"no file with {needle!r} in {pattern_dir}: {list(pattern_dir.glob('*'))}")
+
+
+def test_recorded_call(lab) -> None:
+    customer = 'C-1001 <"&>|x'
+    uac = place_call(lab, record="yes", customer=customer, local_port=5170)
+    answered = lab["events"].wait_for(
+        lambda e: e["event"] == "answered" and e["headers"].get("X-Customer-Id") == customer)
+    call_id = answered["call_id"]
+    assert answered["record_local"] is True and answered["rule"] == "default"
+    assert answered["from_display"] == "Lab Caller" and answered["to_tag"]
+    assert answered["rtpengine"] == "udp:127.0.0.1:2223"
+    time.sleep(1.5)  # media flowing both ways (the UAS echoes)
+    q = ng({"command": "query", "call-id": call_id})
+    assert q["result"] == "ok"
+    per_tag = packets_per_tag(q)
+    assert set(per_tag) == {answered["from_tag"], answered["to_tag"]}
+    assert all(n > 0 for n in per_tag.values()), per_tag
+    assert uac.wait(30) == 0, "sipp UAC reported a failed call"
+    ended = lab["events"].wait_for(lambda e: e["event"] == "ended" and e["call_id"] == call_id)
+    assert ended["by"] == "caller"
+
+    prefix = urllib.parse.quote(call_id, safe="")
+    meta = wait_file(lab["rec"] / "metadata", prefix)
+    pcap = wait_file(lab["rec"] / "pcaps", prefix)
+    text = meta.read_text()
+    assert text.splitlines()[0] == str(pcap)
+    last = [ln for ln in text.splitlines() if ln.startswith("call-id:")][-1]
+    fields = dict(kv.split(":", 1) for kv in last.split("|"))
+    assert urllib.parse.unquote(fields["call-id"]) == call_id
+    assert urllib.parse.unquote(fields["x-customer-id"]) == customer  # escaped, intact
+    assert fields["edge"] == "edge1" and fields["rule"] == "default"
+    assert "SDP mode: offer" in text and "SDP mode: answer" in text
+    assert pcap.stat().st_size > 24 + 100 * 16, "pcap holds (almost) no packets"
+
+
+def test_opted_out_call_is_not_recorded(lab) -> None:
+    customer = "C-2002"
+    uac = place_call(lab, record="no", customer=customer, local_port=5171, duration_ms=1000)
+    answered = lab["events"].wait_for(
+        lambda e: e["event"] == "answered" and e["headers"].get("X-Customer-Id") == customer)
+    assert answered["record_local"] is False and answered["rule"] == "opt-out"
+    assert uac.wait(30) == 0
+    lab["events"].wait_for(lambda e: e["event"] == "ended" and
+                           e["call_id"] == answered["call_id"])
+    prefix = urllib.parse.quote(answered["call_id"], safe="")
+    time.sleep(0.5)
+    found = [p for d in ("metadata", "pcaps", "tmp") for p in (lab["rec"] / d).glob(f"*{prefix}*")]
+    assert found == []
+
+
+SDP = ("v=0\r\no=a 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+       "m=audio 40000 RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n")
+
+
+def _hdr(msg: str, name: str) -> str:
+    for line in msg.split("\r\n"):
+        if line.lower().startswith(name.lower() + ":"):
+            return line.split(":", 1)[1].strip()
+    raise AssertionError(f"no {name} in {msg!r}")
+
+
+def _reply(req: str, code: str, to_tag: str = "callee1") -> bytes:
+    """A response to ``req`` (Via/From/To/Call-ID/CSeq copied, RFC 3261 §8.2.6)."""
+    vias = [ln for ln in req.split("\r\n") if ln.lower().startswith("via:")]
+    to = _hdr(req, "To") + ("" if ";tag=" in _hdr(req, "To") else f";tag={to_tag}")
+    return ("SIP/2.0 " + code + "\r\n" + "\r\n".join(vias) +
+            f"\r\nFrom: {_hdr(req, 'From')}\r\nTo: {to}\r\nCall-ID: {_hdr(req, 'Call-ID')}"
+            f"\r\nCSeq: {_hdr(req, 'CSeq')}\r\nContent-Length: 0\r\n\r\n").encode()
+
+
+def _recv_request(sock: socket.socket, method: str) -> tuple[str, tuple[str, int]]:
+    while True:
+        data, addr = sock.recvfrom(65535)
+        msg = data.decode()
+        if msg.startswith(method + " "):
+            return msg, addr
+
+
+@pytest.mark.parametrize("how", ["busy", "cancel"])
+def test_failed_call_frees_media(lab, how: str) -> None:
+    """A rejected or cancelled INVITE: rtpengine no longer knows the call; a failed event."""
+    call_id = f"fail-{how}-{os.urandom(4).hex()}@test"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as caller, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as callee:
+        caller.settimeout(5)
+        callee.settimeout(5)
+        caller.bind(("127.0.0.1", 0))
+        # The lab's trunk is 127.0.0.1:5080 where the module's sipp UAS answers every call;
+        # this test needs a callee that refuses, so it takes the trunk's place meanwhile.
+        sipp.stop(lab["uas"])
+        callee.bind(("127.0.0.1", UAS_PORT))
+        cport, tport = caller.getsockname()[1], UAS_PORT
+        invite = (f"INVITE sip:callee@127.0.0.1:{tport} SIP/2.0\r\n"
+                  f"Via: SIP/2.0/UDP 127.0.0.1:{cport};branch=z9hG4bK-{how}1\r\n"
+                  f"From: <sip:caller@127.0.0.1:{cport}>;tag=caller1\r\n"
+                  f"To: <sip:callee@127.0.0.1:{tport}>\r\nCall-ID: {call_id}\r\n"
+                  f"CSeq: 1 INVITE\r\nContact: <sip:caller@127.0.0.1:{cport}>\r\n"
+                  f"Max-Forwards: 70\r\nContent-Type: application/sdp\r\n"
+                  f"Content-Length: {len(SDP)}\r\n\r\n{SDP}")
+        caller.sendto(invite.encode(), SIP)
+        req, addr = _recv_request(callee, "INVITE")
+        assert ng({"command": "query", "call-id": call_id})["result"] == "ok"  # anchored
+        if how == "busy":
+            callee.sendto(_reply(req, "486 Busy Here"), addr)
+            expected = 486
+        else:
+            callee.sendto(_reply(req, "180 Ringing"), addr)
+            cancel = (f"CANCEL sip:callee@127.0.0.1:{tport} SIP/2.0\r\n"
+                      f"Via: SIP/2.0/UDP 127.0.0.1:{cport};branch=z9hG4bK-{how}1\r\n"
+                      f"From: <sip:caller@127.0.0.1:{cport}>;tag=caller1\r\n"
+                      f"To: <sip:callee@127.0.0.1:{tport}>\r\nCall-ID: {call_id}\r\n"
+                      f"CSeq: 1 CANCEL\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n")
+            caller.sendto(cancel.encode(), SIP)
+            creq, caddr = _recv_request(callee, "CANCEL")
+            callee.sendto(_reply(creq, "200 OK"), caddr)
+            callee.sendto(_reply(req, "487 Request Terminated"), addr)
+            expected = 487
+        failed = lab["events"].wait_for(lambda e: e["event"] == "failed" and
+                                        e["call_id"] == call_id)
+        assert failed["code"] == expected
+        q = ng({"command": "query", "call-id": call_id})
+        assert q["result"] == "error" and "Unknown call" in q["error-reason"]
+    lab["uas"] = sipp.uas(lab["cwd"], "127.0.0.1", UAS_PORT)
+    time.sleep(0.2)

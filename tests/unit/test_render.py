@@ -1,0 +1,107 @@
+"""Rendering: golden files, determinism, staleness detection, escaping."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from orchestrator.cli import main
+from orchestrator.render import MANIFEST, render_site, stale_diff, write
+from orchestrator.render import _kstr as kstr
+from orchestrator.render import _rule_condition as rule_condition
+from orchestrator.site import load
+from orchestrator.site.model import Rule
+from tests.conftest import DATA, ROOT
+
+EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_golden(example: Path) -> None:
+    golden = DATA / "golden" / example.stem
+    files = render_site(load(example))
+    if os.environ.get("SIPRECCTL_UPDATE_GOLDEN"):
+        write(golden, files)
+    diff = stale_diff(golden, files)
+    assert diff == "", f"golden files differ (SIPRECCTL_UPDATE_GOLDEN=1 to update):\n{diff}"
+    assert {r.path for r in files} == {
+        str(p.relative_to(golden)) for p in golden.rglob("*") if p.is_file()}
+
+
+def test_committed_lab_configs_are_fresh() -> None:
+    diff = stale_diff(ROOT, render_site(load()))
+    assert diff == "", f"run: siprecctl render -o .\n{diff}"
+
+
+def test_deterministic_and_independent_of_yaml_formatting(tmp_path: Path) -> None:
+    text = (ROOT / "examples" / "carrier.yaml").read_text()
+    reformatted = "# another comment\n" + text.replace("{proto: udp,", "{ proto: udp ,")
+    a = render_site(load(ROOT / "examples" / "carrier.yaml"))
+    (tmp_path / "c.yaml").write_text(reformatted)
+    b = render_site(load(tmp_path / "c.yaml"))
+    assert [(r.path, r.content) for r in a] == [(r.path, r.content) for r in b]
+
+
+def test_layout_per_edge_and_node() -> None:
+    paths = [r.path for r in render_site(load(ROOT / "examples" / "carrier.yaml"))]
+    assert paths == [
+        "kamailio/edge-a/kamailio.cfg", "kamailio/edge-a/kamcli.ini",
+        "kamailio/edge-b/kamailio.cfg", "kamailio/edge-b/kamcli.ini",
+        "rtpengine/rtp-a1/rtpengine.conf", "rtpengine/rtp-a2/rtpengine.conf",
+        "rtpengine/rtp-b1/rtpengine.conf", MANIFEST]
+
+
+def test_render_check_cli(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    assert main(["render", "-o", str(out), "--check"]) == 1  # nothing there yet
+    assert not out.exists(), "--check must write nothing"
+    assert main(["render", "-o", str(out)]) == 0
+    assert main(["render", "-o", str(out), "--check"]) == 0
+    cfg = out / "kamailio" / "edge1" / "kamailio.cfg"
+    cfg.write_text(cfg.read_text().replace("children=4", "children=5"))
+    capsys.readouterr()
+    assert main(["render", "-o", str(out), "--check"]) == 1
+    diff = capsys.readouterr().out
+    assert "-children=5" in diff and "+children=4" in diff
+
+
+def test_kamailio_config_content() -> None:
+    files = {r.path: r.content for r in render_site(load(ROOT / "examples" / "carrier.yaml"))}
+    a = files["kamailio/edge-a/kamailio.cfg"]
+    # sets and weights from the site model
+    assert ('modparam("rtpengine", "rtpengine_sock", "0 == udp:10.1.0.21:2223=2 '
+            'udp:10.1.0.22:2223=1")') in a
+    assert 'modparam("rtpengine", "rtpengine_sock", "1 == udp:10.2.0.21:2223=1")' in a
+    assert 'modparam("rtpengine", "setid_default", 0)' in a
+    # JSON-RPC only for the allowed networks, evapi on the configured private address
+    assert 'is_in_subnet("$si", "127.0.0.1/32,10.1.0.0/24")' in a
+    assert 'modparam("evapi", "bind_addr", "10.1.0.10:8448")' in a
+    # media freed on every path
+    for needle in ("failure_route[MANAGE_FAILURE] {\n\t# the initial INVITE failed",
+                   'is_method("CANCEL")', "rtpengine_delete();"):
+        assert needle in a
+    # trunk selection and sampling
+    assert 'if ($ru =~ "^sip:(112|911)@") {' in a
+    assert "if (($RANDOM mod 100) >= 5) {" in a
+    assert "listen=udp:10.1.0.10:5060 advertise 198.51.100.10:5060" in a
+
+
+def test_rtpengine_config_content() -> None:
+    files = {r.path: r.content for r in render_site(load(ROOT / "examples" / "single-box.yaml"))}
+    conf = files["rtpengine/rtp/rtpengine.conf"]
+    assert "table = -1\n" in conf
+    assert "recording-method = pcap\n" in conf
+    assert "interface = internal/10.20.0.5;external/10.30.0.5!203.0.113.5\n" in conf
+    assert "listen-ng = 127.0.0.1:2223\n" in conf and "port-min = 30000\n" in conf
+
+
+def test_cfg_string_escaping() -> None:
+    assert kstr('a"b\\c') == 'a\\"b\\\\c'
+    rule = Rule.model_validate({"name": "r", "match": {"caller": r"^sip:\+44",
+                                                      "header": {"name": "X-Q", "pattern": "a|b"},
+                                                      "trunk": "t"}})
+    assert rule_condition(rule) == (r'$fu =~ "^sip:\\+44" && (is_present_hf("X-Q") && '
+                                    r'$hdr(X-Q) =~ "a|b") && $avp(trunk) == "t"')
+    assert rule_condition(Rule.model_validate({"name": "all"})) == "1 == 1"
