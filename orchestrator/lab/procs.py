@@ -67,7 +67,7 @@ class Daemon:
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         try:
-            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT,
+            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
         except OSError as exc:
             raise LabError(f"cannot start {self.name}: {exc}") from exc
