@@ -62,12 +62,14 @@ class NgClient:
 
     ``address`` with ``transport="udp"|"tcp"|"http"`` builds the transport; or pass a
     :class:`Transport` instance (e.g. :class:`~orchestrator.ng.transports.MockTransport`).
-    ``encoding`` is ``"bencode"`` or ``"json"`` (TCP-NG: bencode only). Every call has a
-    timeout: ``timeout`` here is the default for all of them.
+    ``encoding`` is ``"json"`` (default where the transport carries it: rtpengine 10.3+,
+    and CPython parses JSON replies in C, about 4x faster than bencode in Python; a message
+    holding non-UTF-8 bytes goes as bencode) or ``"bencode"`` (TCP-NG: bencode only).
+    Every call has a timeout: ``timeout`` here is the default for all of them.
     """
 
     def __init__(self, address: tuple[str, int] | None = None, *,
-                 transport: str | Transport = "udp", encoding: Encoding = "bencode",
+                 transport: str | Transport = "udp", encoding: Encoding | None = None,
                  timeout: float = DEFAULT_TIMEOUT, name: str | None = None,
                  **transport_options: Any) -> None:
         if timeout is None or timeout <= 0:
@@ -79,12 +81,15 @@ class NgClient:
                 raise ValueError("an address (host, port) is needed to build a transport")
             self.transport = make_transport(transport, address[0], address[1],
                                             **transport_options)
+        if encoding is None:
+            encoding = "json" if "json" in self.transport.encodings else "bencode"
         if encoding not in self.transport.encodings:
             raise ValueError(f"{self.transport.kind} transport does not carry {encoding}")
         self.encoding: Encoding = encoding
         self.timeout = timeout
         self.name = name or self.transport.label
         self._cookies = CookieJar()
+        self._static: dict[str, bytes] = {}  # bodies of parameterless commands
         self._unsupported: set[str] = set()
         self._supported: set[str] = set()
 
@@ -119,6 +124,20 @@ class NgClient:
             return body
         return bencode_encode(message)
 
+    def _message(self, command: str, params: Params | None, kw: Mapping[str, Any]) -> bytes:
+        if not params and not kw:
+            body = self._static.get(command)
+            if body is None:
+                body = self._static[command] = self._body({"command": command})
+            return body
+        message: dict[str, Any] = {"command": command}
+        if params:
+            message.update((k, v) for k, v in params.items() if v is not None)
+        for k, v in kw.items():
+            if v is not None:
+                message[k.replace("_", "-")] = v
+        return self._body(message)
+
     def call(self, command: str, params: Params | None = None, /, *,
              timeout: float | None = None, **kw: Any) -> Reply:
         """Send any NG command; ``params`` keys go as given (``"record call"``), keyword
@@ -126,17 +145,34 @@ class NgClient:
         are left out. Returns the reply (``result`` ok/pong), raises on error replies."""
         if command in self._unsupported:
             raise NgUnsupported("Unrecognized command", command=command)
-        message: dict[str, Any] = {"command": command}
-        if params:
-            message.update((k, v) for k, v in params.items() if v is not None)
-        for k, v in kw.items():
-            if v is not None:
-                message[k.replace("_", "-")] = v
         cookie = self._cookies.next()
-        raw = self.transport.request(cookie, cookie + b" " + self._body(message),
+        raw = self.transport.request(cookie, cookie + b" " + self._message(command, params, kw),
                                      self.timeout if timeout is None else timeout)
         data, _ = decode_body(raw)
         return self._check(command, data)
+
+    def call_many(self, requests: Iterable[tuple[str, Params | None]], *, window: int = 64,
+                  timeout: float | None = None) -> list[Reply | Exception]:
+        """Many commands at once, pipelined over UDP (up to ``window`` in flight from this
+        thread; other transports send them in turn). Each result is a :class:`Reply` or
+        the :class:`~orchestrator.errors.SiprecctlError` that command raised."""
+        reqs = list(requests)
+        items = []
+        for command, params in reqs:
+            cookie = self._cookies.next()
+            items.append((cookie, cookie + b" " + self._message(command, params, {})))
+        raws = self.transport.request_many(items, self.timeout if timeout is None else timeout,
+                                           window)
+        out: list[Reply | Exception] = []
+        for (command, _), raw in zip(reqs, raws, strict=True):
+            if isinstance(raw, Exception):
+                out.append(raw)
+                continue
+            try:
+                out.append(self._check(command, decode_body(raw)[0]))
+            except (NgError, NgProtocolError) as exc:
+                out.append(exc)
+        return out
 
     def _check(self, command: str, data: NgDict) -> Reply:
         result = data.get(b"result")

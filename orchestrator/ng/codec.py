@@ -194,21 +194,48 @@ def json_encode(value: Any) -> bytes:
         "utf-8", "surrogateescape")
 
 
-def _from_json(v: Any) -> Any:
-    if isinstance(v, str):
-        return v.encode("utf-8", "surrogateescape")
-    if isinstance(v, dict):
-        return {k.encode("utf-8", "surrogateescape"): _from_json(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [_from_json(x) for x in v]
-    return v
+_intern: dict[str, bytes] = {}  # short strings recur in every reply (keys, "IPv4", ...)
+
+
+def _jbytes(v: str) -> bytes:
+    b = _intern.get(v)
+    if b is None:
+        b = v.encode("utf-8", "surrogateescape")
+        if len(v) <= 32 and len(_intern) < 4096:
+            _intern[v] = b
+    return b
+
+
+def _jvalue(v: Any) -> Any:
+    t = type(v)
+    if t is str:
+        return _jbytes(v)
+    if t is list:
+        return [_jvalue(x) for x in v]
+    return v  # int, float, bool, None; dicts were converted by the hook
+
+
+def _jobject(pairs: list[tuple[str, Any]]) -> dict[bytes, Any]:
+    # object_pairs_hook: runs inside the C scanner, so conversion costs one pass per object
+    out: dict[bytes, Any] = {}
+    for k, v in pairs:
+        t = type(v)
+        if t is str:
+            v = _jbytes(v)
+        elif t is list:
+            v = _jvalue(v)
+        out[_jbytes(k)] = v
+    return out
+
+
+_json_decoder = json.JSONDecoder(object_pairs_hook=_jobject)
 
 
 def json_decode(data: bytes, start: int = 0) -> Any:
     """Decode a JSON document into the bencode representation (strings → bytes)."""
+    doc = data[start:].decode("utf-8", "surrogateescape")
     try:
-        doc = data[start:].decode("utf-8", "surrogateescape")
-        return _from_json(json.loads(doc))
+        return _jvalue(_json_decoder.decode(doc))
     except json.JSONDecodeError as exc:
         # exc.pos counts characters; map back to a byte offset
         off = start + len(doc[:exc.pos].encode("utf-8", "surrogateescape"))

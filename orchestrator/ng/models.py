@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from .codec import text, to_text
@@ -75,25 +76,39 @@ class TagInfo:
         return bool(self.subscriptions) and all(t == "pub/sub" for _, t in self.subscriptions)
 
 
-@dataclass(frozen=True, slots=True)
 class CallInfo:
-    """``query`` reply: participants, totals, and counts a table needs."""
+    """``query`` reply: participants, totals, and the counts a table needs.
 
-    call_id: str
-    created: float  # epoch seconds (created + created_us)
-    last_signal: int
-    tags: dict[str, TagInfo]
-    totals: Mapping[str, Any]
-    reply: Reply = field(repr=False)
+    Built lazily from the reply (a query reply has a hundred-odd keys; callers that only
+    want one number should not pay for the rest).
+    """
+
+    def __init__(self, call_id: str, reply: Reply) -> None:
+        self.call_id = call_id
+        self.reply = reply
 
     @classmethod
     def from_reply(cls, call_id: str, r: Reply) -> CallInfo:
-        tags = {text(k): TagInfo.from_raw(v) for k, v in (r.get("tags") or {}).items()
+        return cls(call_id, r)
+
+    @cached_property
+    def created(self) -> float:
+        """Epoch seconds (``created`` + ``created_us``)."""
+        return _int(self.reply.get("created")) + _int(self.reply.get("created_us")) / 1e6
+
+    @cached_property
+    def last_signal(self) -> int:
+        return _int(self.reply.get("last signal"))
+
+    @cached_property
+    def tags(self) -> dict[str, TagInfo]:
+        return {text(k): TagInfo.from_raw(v) for k, v in (self.reply.get("tags") or {}).items()
                 if isinstance(v, dict)}
-        return cls(call_id=call_id,
-                   created=_int(r.get("created")) + _int(r.get("created_us")) / 1e6,
-                   last_signal=_int(r.get("last signal")), tags=tags,
-                   totals=to_text(r.get("totals") or {}), reply=r)
+
+    @cached_property
+    def totals(self) -> dict[str, Any]:
+        t = to_text(self.reply.get("totals") or {})
+        return t if isinstance(t, dict) else {}
 
     @property
     def legs(self) -> list[TagInfo]:
@@ -109,6 +124,9 @@ class CallInfo:
     def packets(self) -> int:
         rtp = self.totals.get("RTP", {})
         return _int(rtp.get("packets")) if isinstance(rtp, dict) else 0
+
+    def __repr__(self) -> str:
+        return f"CallInfo({self.call_id!r}, tags={list(self.tags)})"
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,6 +39,18 @@ class Transport:
     def request(self, cookie: bytes, message: bytes, timeout: float) -> bytes:
         raise NotImplementedError
 
+    def request_many(self, items: list[tuple[bytes, bytes]], timeout: float,
+                     window: int = 64) -> list[bytes | Exception]:
+        """Several requests; each result is a reply body or the exception it raised.
+        The base implementation sends them one after another."""
+        out: list[bytes | Exception] = []
+        for cookie, message in items:
+            try:
+                out.append(self.request(cookie, message, timeout))
+            except (NgTransportError, NgProtocolError) as exc:
+                out.append(exc)
+        return out
+
     def close(self) -> None:
         """Release sockets/sessions (idempotent)."""
 
@@ -165,6 +177,75 @@ class UdpTransport(Transport):
             if not self._reader.locked():
                 self._handover(w)
 
+    def request_many(self, items: list[tuple[bytes, bytes]], timeout: float,
+                     window: int = 64) -> list[bytes | Exception]:
+        """Pipelined: keep up to ``window`` requests in flight from this one thread, each
+        retransmitted and timed out on its own schedule (``timeout`` per request)."""
+        sock = self._socket()
+        results: list[bytes | Exception | None] = [None] * len(items)
+        # cookie -> [index, message, deadline, next_send, interval]
+        inflight: dict[bytes, list[Any]] = {}
+        todo = 0
+        if not self._reader.acquire(True, timeout):
+            raise NgTimeout(f"{self.label}: socket busy for {timeout:g} s")
+        try:
+            next_check = _monotonic() + self.first_retry
+            while todo < len(items) or inflight:
+                now = _monotonic()
+                while todo < len(items) and len(inflight) < window:
+                    cookie, message = items[todo]
+                    if cookie in self._pending or cookie in inflight:
+                        raise ValueError(f"cookie {cookie!r} is already in flight")
+                    inflight[cookie] = [todo, message, now + timeout, now + self.first_retry,
+                                        self.first_retry]
+                    todo += 1
+                    self._send(sock, message)
+                if now >= next_check:
+                    next_check = now + timeout
+                    for cookie, st in list(inflight.items()):
+                        if now >= st[2]:
+                            results[st[0]] = NgTimeout(f"{self.label}: no reply after "
+                                                       f"{timeout:g} s")
+                            del inflight[cookie]
+                            continue
+                        if now >= st[3]:
+                            self.retransmissions += 1
+                            self._send(sock, st[1])
+                            st[4] = min(st[4] * self.backoff, self.max_retry)
+                            st[3] = now + st[4]
+                        next_check = min(next_check, st[2], st[3])
+                    if not inflight:
+                        continue
+                sock.settimeout(max(next_check - now, 0.0001))
+                try:
+                    data = sock.recv(self.bufsize)
+                except TimeoutError:
+                    continue
+                except OSError as exc:
+                    raise NgTransportError(f"{self.label}: receive failed: {exc}") from exc
+                sp = data.find(b" ", 0, 128)
+                done = inflight.pop(data[:sp], None) if sp > 0 else None
+                if done is not None:
+                    results[done[0]] = data[sp + 1:]
+                else:
+                    self._dispatch(data, None)  # another thread's reply
+        finally:
+            self._reader.release()
+            self._handover(None)
+        return [r if r is not None else NgTimeout("no reply") for r in results]
+
+    def _dispatch(self, data: bytes, me: _Waiter | None) -> None:
+        sp = data.find(b" ", 0, 128)
+        other = self._pending.get(data[:sp]) if sp > 0 else None
+        if other is None:
+            # a late duplicate (answered retransmission) or garbage: not ours to keep
+            _log().debug("%s: dropping reply with unknown cookie %r", self.label,
+                         data[:max(sp, 0)][:64])
+        elif other.reply is None:
+            other.reply = data
+            if other is not me:
+                self._wake(other)
+
     def _send(self, sock: socket.socket, message: bytes) -> None:
         try:
             sock.send(message)
@@ -173,7 +254,6 @@ class UdpTransport(Transport):
 
     def _read(self, sock: socket.socket, w: _Waiter, until: float) -> None:
         """Leader: read replies and dispatch them until ours arrives or ``until``."""
-        pending = self._pending
         while w.reply is None:
             remaining = until - _monotonic()
             if remaining <= 0:
@@ -189,17 +269,7 @@ class UdpTransport(Transport):
                                        f"listening?)") from exc
             except OSError as exc:
                 raise NgTransportError(f"{self.label}: receive failed: {exc}") from exc
-            sp = data.find(b" ", 0, 128)
-            other = pending.get(data[:sp]) if sp > 0 else None
-            if other is None:
-                # a late duplicate (answered retransmission) or garbage: not ours to keep
-                _log().debug("%s: dropping reply with unknown cookie %r", self.label,
-                             data[:max(sp, 0)][:64])
-                continue
-            if other.reply is None:
-                other.reply = data
-                if other is not w:
-                    self._wake(other)
+            self._dispatch(data, w)
 
     def _wake(self, w: _Waiter) -> None:
         with self._mutex:
@@ -207,7 +277,7 @@ class UdpTransport(Transport):
                 w.signalled = True
                 w.wake.release()
 
-    def _handover(self, me: _Waiter) -> None:
+    def _handover(self, me: _Waiter | None) -> None:
         """Wake one caller still waiting for its reply so that it reads the socket."""
         for other in list(self._pending.values()):
             if other is not me and other.reply is None:
