@@ -63,6 +63,13 @@ _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:[^\s<>\"]+$")
 _BARE_AOR = re.compile(r"^[^\s<>\"@:]+@[^\s<>\"@]+$")
 _SESSION_ID = re.compile(r"^[0-9a-fA-F]{32}(;\s*remote=[0-9a-fA-F]{32})?(;.*)?$")
 _PARSER = safe_parser()
+_R_DATAMODE, _R_GROUP, _R_SESSION = _R + "datamode", _R + "group", _R + "session"
+_R_PARTICIPANT, _R_STREAM, _R_SRA = _R + "participant", _R + "stream", _R + "sessionrecordingassoc"
+_R_PSA, _R_PST = _R + "participantsessionassoc", _R + "participantstreamassoc"
+_R_ASSOC_T, _R_DISASSOC_T = _R + "associate-time", _R + "disassociate-time"
+_R_NAMEID, _R_LABEL, _R_SEND, _R_RECV = _R + "nameID", _R + "label", _R + "send", _R + "recv"
+_R_NAME, _R_SIPSESSIONID, _R_GROUPREF = _R + "name", _R + "sipSessionID", _R + "group-ref"
+_R_START_T, _R_STOP_T = _R + "start-time", _R + "stop-time"
 
 
 class Profile(enum.StrEnum):
@@ -88,20 +95,29 @@ def schema() -> etree.XMLSchema:
     return etree.XMLSchema(etree.fromstring(rec_xsd, parser, base_url="recording.xsd"))
 
 
+_LABEL_LINE = re.compile(r"^a=label:([^\r\n]*)", re.MULTILINE)
+
+
+def _labels_of(sdp: bytes | str) -> list[str]:
+    """The SDP's ``a=label`` values (all that metadata checking needs from it)."""
+    text = sdp.decode("utf-8", "replace") if isinstance(sdp, bytes) else sdp
+    return [lb.strip() for lb in _LABEL_LINE.findall(text)]
+
+
 def has_errors(findings: Iterable[Finding]) -> bool:
     return any(f.severity is Severity.ERROR for f in findings)
 
 
 # --------------------------------------------------------------------------- state
 
-@dataclass
+@dataclass(slots=True)
 class _Assoc:
     line: int | None
-    assoc: datetime | None = None
-    disassoc: datetime | None = None
+    assoc: str | None = None  # xs:dateTime text, parsed only to compare
+    disassoc: str | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class _StreamAssoc(_Assoc):
     send: list[tuple[str, int | None]] = field(default_factory=list)
     recv: list[tuple[str, int | None]] = field(default_factory=list)
@@ -159,15 +175,21 @@ class RecordingSessionValidator:
         self.state: _Doc | None = None
         self.sdp_labels: list[str] | None = None
         self.sdp_version: int | None = None
+        self._sdp_text: bytes | str | None = None
+        self._sdp_text_labels: list[str] = []
 
     # -- public entry points
 
     def validate(self, data: bytes, *, sdp: bytes | str | Sdp | None = None,
                  source: str | None = None, line_offset: int = 0) -> list[Finding]:
         """Findings for one metadata document (with the RS SDP of the same request, if any)."""
-        if sdp is not None:
-            parsed = sdp if isinstance(sdp, Sdp) else parse_sdp(sdp)
-            self.sdp_labels = parsed.labels
+        if isinstance(sdp, Sdp):
+            self.sdp_labels = sdp.labels
+        elif sdp is not None:
+            if sdp != self._sdp_text:  # re-INVITEs often repeat the SDP unchanged
+                self._sdp_text = sdp
+                self._sdp_text_labels = _labels_of(sdp)
+            self.sdp_labels = self._sdp_text_labels
         run = _Run(self, source, line_offset)
         run.document(data)
         return run.findings
@@ -310,10 +332,85 @@ def _clean(message: str) -> str:
     return message.rstrip(".")
 
 
-class _Run:
-    """One document's validation (keeps the hot path free of per-call allocations)."""
+_B64_16 = re.compile(r"[A-Za-z0-9+/]{21}[AQgw]==")
+_DT_ZONED = re.compile(r"-?\d{4,}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:\d\d)")
 
-    __slots__ = ("_seen", "findings", "offset", "source", "v")
+
+def _dt(text: str | None) -> datetime | None:
+    """A checked xs:dateTime string as a datetime (None if absent or unparseable)."""
+    if text is None:
+        return None
+    try:
+        return parse_datetime(text)
+    except ValueError:
+        return None
+
+
+def _zoned(text: str | None) -> bool:
+    """True for an absent time or one (already schema-checked) that carries a timezone."""
+    return text is None or text[-1] == "Z" or text[-3] == ":" and text[-6] in "+-"
+
+
+def _before(a: str | None, b: str | None) -> bool:
+    """True if time ``a`` is strictly before time ``b`` (both given and comparable)."""
+    da, db = _dt(a), _dt(b)
+    if da is None or db is None:
+        return False
+    try:
+        return da < db
+    except TypeError:  # one zoned, one not: R20 already reported the unzoned one
+        return False
+
+
+def _clean_complete(doc: _Doc, sdp: list[str] | None) -> bool:
+    """True if a complete snapshot passes R17, R18 (labels), R22 and R23 without a finding:
+    one pass over the collected objects (the hot path; the detailed checks explain failures)."""
+    groups, sessions, participants, streams = doc.groups, doc.sessions, doc.participants, \
+        doc.streams
+    for _sid, ref, _line in doc.group_refs:
+        if ref not in groups:
+            return False
+    labels = set()
+    for label, session, _line in streams.values():
+        if session not in sessions or label in labels:
+            return False
+        labels.add(label)
+    if sdp is not None and (len(sdp) != len(labels) or not labels.issuperset(sdp)):
+        return False
+    sras = doc.sras
+    if len(sras) != len(sessions):
+        return False
+    for sid in sras:
+        if sid not in sessions:
+            return False
+    in_session = set()
+    for pid, sid in doc.psas:
+        if pid not in participants or sid not in sessions:
+            return False
+        in_session.add(pid)
+    if len(in_session) != len(participants):
+        return False
+    senders: set[str] = set()
+    for pid, pst in doc.psts.items():
+        if pid not in participants:
+            return False
+        own = set()
+        for ref, _line in pst.send:
+            if ref not in streams or ref in senders:
+                return False
+            own.add(ref)
+        for ref, _line in pst.recv:
+            if ref not in streams or ref in own:
+                return False
+        senders |= own
+    return len(senders) == len(streams)
+
+
+class _Run:
+    """One document's validation. When the schema passes, checks it already guarantees
+    (base64 lexical form, xs:dateTime syntax, element order) are skipped: the hot path."""
+
+    __slots__ = ("_good_ids", "_seen", "findings", "offset", "ok", "source", "v")
 
     def __init__(self, v: RecordingSessionValidator, source: str | None, offset: int) -> None:
         self.v = v
@@ -321,6 +418,8 @@ class _Run:
         self.offset = offset
         self.findings: list[Finding] = []
         self._seen: set[tuple[str, int | None]] = set()
+        self._good_ids: set[str] = set()
+        self.ok = False
 
     def add(self, rule: str, sev: Severity, el: etree._Element | int | None, msg: str) -> None:
         if isinstance(el, int) or el is None:
@@ -351,7 +450,11 @@ class _Run:
         if tag == _R + "requestsnapshot":
             self.snapshot_request(root)
             return
-        legacy = _legacy_markers(root)
+        if tag == _R + "recording":
+            self.ok = bool(schema().validate(root))
+            legacy = [] if self.ok else _legacy_markers(root)
+        else:
+            legacy = _legacy_markers(root)
         if legacy:
             self.add("R26", I, root, "pre-RFC draft metadata format detected ("
                      + ", ".join(legacy) + ")")
@@ -367,15 +470,18 @@ class _Run:
             self.add("R12", E, root, f"root element is {_qname(root)}; expected <recording> in "
                      f"{RECORDING_NS}")
             return
-        doc, partial = self.semantic(root)
-        self.xsd(root)
+        fast = self.fast_semantic(root) if self.ok else None
+        if fast is None:
+            self._good_ids.clear()
+            doc, partial = self.semantic(root)
+        else:
+            doc, partial = fast
+        if not self.ok:
+            self.xsd_errors()
         self.stateful(doc, partial, root)
 
-    def xsd(self, root: etree._Element) -> None:
-        sch = schema()
-        if sch.validate(root):
-            return
-        for entry in sch.error_log:
+    def xsd_errors(self) -> None:
+        for entry in schema().error_log:
             msg = entry.message
             line = entry.line + self.offset if entry.line else None
             rule = "R14"
@@ -393,6 +499,8 @@ class _Run:
                     rule = "R25"
             elif "Missing child element" in msg and "label" in msg:
                 rule = "R18"
+            elif "is required but missing" in msg and (rule, line) in self._seen:
+                continue
             if (rule, line) in self._seen:
                 continue  # the semantic pass already said it, in plainer words
             self._seen.add((rule, line))
@@ -400,58 +508,193 @@ class _Run:
 
     # -- the semantic pass over an RFC 7865 document
 
+    def fast_semantic(self, root: etree._Element) -> tuple[_Doc, bool] | None:
+        """The hot path for schema-valid documents: collect the objects and prove the
+        per-element rules hold, in one inlined loop. ``None`` as soon as anything looks off;
+        the caller then runs :meth:`semantic`, which explains what."""
+        doc = _Doc()
+        partial = False
+        good = self._good_ids
+        b64 = _B64_16.fullmatch
+        kind_of: dict[str, str] = {}
+        groups, sessions, participants = doc.groups, doc.sessions, doc.participants
+        streams, psts = doc.streams, doc.psts
+        STREAM, PST, PARTICIPANT, PSA, SRA = _R_STREAM, _R_PST, _R_PARTICIPANT, _R_PSA, _R_SRA
+        SEND, RECV, ASSOC_T, DISASSOC_T = _R_SEND, _R_RECV, _R_ASSOC_T, _R_DISASSOC_T
+        zoned, before, LABEL = _zoned, _before, _R_LABEL
+        for el in root:
+            tag = el.tag
+            if tag == STREAM:
+                sid = el.get("stream_id")
+                session = el.get("session_id")
+                if sid in kind_of or not b64(sid) or not (session in good or b64(session)):
+                    return None
+                kind_of[sid] = "stream"
+                good.add(sid)
+                good.add(session)
+                first = el[0]  # the schema puts <label> first; a comment may precede it
+                label = first.text if first.tag == LABEL else el.findtext(LABEL)
+                streams[sid] = ((label or "").strip(), session, el.sourceline)
+            elif tag == PST:
+                pid = el.get("participant_id")
+                if not (pid in good or b64(pid)):
+                    return None
+                sa = _StreamAssoc(el.sourceline)
+                send, recv = sa.send, sa.recv
+                for c in el:
+                    ctag = c.tag
+                    if ctag == SEND:
+                        ref = c.text
+                        if ref not in good:
+                            return None  # not a stream ID seen above: let the slow pass say
+                        send.append((ref, c.sourceline))
+                    elif ctag == RECV:
+                        ref = c.text
+                        if ref not in good:
+                            return None
+                        recv.append((ref, c.sourceline))
+                    elif ctag == ASSOC_T:
+                        sa.assoc = c.text
+                    elif ctag == DISASSOC_T:
+                        sa.disassoc = c.text
+                if pid in psts or not zoned(sa.assoc) or sa.disassoc is not None and (
+                        not zoned(sa.disassoc) or before(sa.disassoc, sa.assoc)):
+                    return None
+                psts[pid] = sa
+            elif tag == PARTICIPANT:
+                pid = el.get("participant_id")
+                if pid in kind_of or not b64(pid):
+                    return None
+                kind_of[pid] = "participant"
+                good.add(pid)
+                participants[pid] = el.sourceline
+                for c in el:
+                    if c.tag == _R_NAMEID:
+                        aor = c.get("aor")
+                        if not _AOR_OK.match(aor):
+                            return None
+                        name = c.find(_R_NAME)
+                        if name is not None and name.get(_LANG) is None:
+                            return None
+            elif tag == PSA or tag == SRA or tag == _R_GROUP:
+                a = _Assoc(el.sourceline)
+                for c in el:
+                    ctag = c.tag
+                    if ctag == ASSOC_T:
+                        a.assoc = c.text
+                    elif ctag == DISASSOC_T:
+                        a.disassoc = c.text
+                if not zoned(a.assoc) or a.disassoc is not None and (
+                        not zoned(a.disassoc) or before(a.disassoc, a.assoc)):
+                    return None
+                if tag == PSA:
+                    pid, sid = el.get("participant_id"), el.get("session_id")
+                    if (pid, sid) in doc.psas or not (pid in good or b64(pid)) \
+                            or not (sid in good or b64(sid)):
+                        return None
+                    doc.psas[(pid, sid)] = a
+                elif tag == SRA:
+                    sid = el.get("session_id")
+                    if sid in doc.sras or not (sid in good or b64(sid)):
+                        return None
+                    doc.sras[sid] = a
+                else:
+                    gid = el.get("group_id")
+                    if gid in kind_of or not b64(gid):
+                        return None
+                    kind_of[gid] = "group"
+                    good.add(gid)
+                    groups[gid] = a
+            elif tag == _R_SESSION:
+                sid = el.get("session_id")
+                if sid in kind_of or not (sid in good or b64(sid)):
+                    return None
+                kind_of[sid] = "session"
+                good.add(sid)
+                a = _Assoc(el.sourceline)
+                for c in el:
+                    ctag = c.tag
+                    if ctag == _R_SIPSESSIONID:
+                        if not _SESSION_ID.match((c.text or "").strip()):
+                            return None
+                    elif ctag == _R_GROUPREF:
+                        ref = c.text
+                        if not (ref in good or b64(ref)):
+                            return None
+                        doc.group_refs.append((sid, ref, c.sourceline))
+                    elif ctag == _R_START_T:
+                        a.assoc = c.text
+                    elif ctag == _R_STOP_T:
+                        a.disassoc = c.text
+                if not zoned(a.assoc) or a.disassoc is not None and (
+                        not zoned(a.disassoc) or before(a.disassoc, a.assoc)):
+                    return None
+                sessions[sid] = a
+            elif tag == _R_DATAMODE:
+                partial = el.text == "partial"
+        if not partial and _clean_complete(doc, self.v.sdp_labels):
+            return doc, partial
+        if not partial:
+            self.references(doc, doc, "document")
+            self.completeness(doc)
+        self.labels(doc, partial)
+        self.streams_plausible(doc)
+        return doc, partial
+
     def semantic(self, root: etree._Element) -> tuple[_Doc, bool]:
         doc = _Doc()
         partial = False
         ids_by_value: dict[str, str] = {}
         add = self.add
-        for an, av in root.attrib.items():
-            if not an.startswith("{"):
-                add("R25", E, root, f"<recording> has attribute {an}={av!r}; RFC 7865 allows "
-                    "only attributes in a foreign namespace")
+        ok = self.ok
+        if not ok:
+            for an, av in root.attrib.items():
+                if not an.startswith("{"):
+                    add("R25", E, root, f"<recording> has attribute {an}={av!r}; RFC 7865 allows "
+                        "only attributes in a foreign namespace")
         for el in root:
             tag = el.tag
-            if not isinstance(tag, str):
-                continue
-            if tag == _R + "datamode":
-                mode = (el.text or "").strip()
-                if mode == "partial":
-                    partial = True
-                elif mode != "complete":
-                    add("R13", E, el, f"datamode is {mode!r}; it must be 'complete' or 'partial'")
-            elif tag == _R + "group":
-                gid = self.id_attr(el, "group_id", "group", doc.groups, ids_by_value)
-                a = self.assoc(el, "group", gid)
-                if gid is not None:
-                    doc.groups[gid] = a
-            elif tag == _R + "session":
-                self.session(el, doc, ids_by_value)
-            elif tag == _R + "participant":
+            if tag == _R_STREAM:
+                self.stream(el, doc, ids_by_value)
+            elif tag == _R_PST:
+                self.pst(el, doc)
+            elif tag == _R_PARTICIPANT:
                 pid = self.id_attr(el, "participant_id", "participant", doc.participants,
                                    ids_by_value)
                 if pid is not None:
                     doc.participants[pid] = el.sourceline
-                self.participant(el, pid)
-            elif tag == _R + "stream":
-                self.stream(el, doc, ids_by_value)
-            elif tag == _R + "sessionrecordingassoc":
-                sid = self.ref_attr(el, "session_id")
-                a = self.assoc(el, "sessionrecordingassoc", sid)
-                if sid is not None:
-                    if sid in doc.sras:
-                        add("R16", W, el, f"second sessionrecordingassoc for session {sid}")
-                    doc.sras[sid] = a
-            elif tag == _R + "participantsessionassoc":
-                pid = self.ref_attr(el, "participant_id")
-                sid = self.ref_attr(el, "session_id")
+                self.participant(el)
+            elif tag == _R_PSA:
+                pid = self.ref_attr(el, "participant_id", "participantsessionassoc")
+                sid = self.ref_attr(el, "session_id", "participantsessionassoc")
                 a = self.assoc(el, "participantsessionassoc", pid, params=True)
                 if pid is not None and sid is not None:
                     if (pid, sid) in doc.psas:
                         add("R16", W, el, f"second participantsessionassoc for participant "
                             f"{pid} in session {sid}")
                     doc.psas[(pid, sid)] = a
-            elif tag == _R + "participantstreamassoc":
-                self.pst(el, doc)
+            elif tag == _R_SRA:
+                sid = self.ref_attr(el, "session_id", "sessionrecordingassoc")
+                a = self.assoc(el, "sessionrecordingassoc", sid)
+                if sid is not None:
+                    if sid in doc.sras:
+                        add("R16", W, el, f"second sessionrecordingassoc for session {sid}")
+                    doc.sras[sid] = a
+            elif tag == _R_SESSION:
+                self.session(el, doc, ids_by_value)
+            elif tag == _R_GROUP:
+                gid = self.id_attr(el, "group_id", "group", doc.groups, ids_by_value)
+                a = self.assoc(el, "group", gid)
+                if gid is not None:
+                    doc.groups[gid] = a
+            elif tag == _R_DATAMODE:
+                mode = (el.text or "").strip()
+                if mode == "partial":
+                    partial = True
+                elif mode != "complete":
+                    add("R13", E, el, f"datamode is {mode!r}; it must be 'complete' or 'partial'")
+            elif not isinstance(tag, str) or ok:
+                continue
             elif tag.startswith(_R):
                 add("R25", E, el, f"<{tag[len(_R):]}> is not an RFC 7865 element; extensions "
                     "must be in a foreign namespace")
@@ -480,15 +723,21 @@ class _Run:
         ids_by_value[value] = kind
         return value
 
-    def ref_attr(self, el: etree._Element, name: str) -> str | None:
+    def ref_attr(self, el: etree._Element, name: str, kind: str) -> str | None:
         value = el.get(name)
         if value is None:
-            self.add("R14", E, el, f"<{_local(el)}> has no {name} attribute (required)")
+            self.add("R14", E, el, f"<{kind}> has no {name} attribute (required)")
             return None
-        self.check_b64(el, f"{_local(el)} {name}", value)
+        self.check_b64(el, f"{kind} {name}", value)
         return value
 
     def check_b64(self, el: etree._Element | int | None, what: str, value: str) -> None:
+        good = self._good_ids
+        if value in good:
+            return
+        if _B64_16.fullmatch(value):
+            good.add(value)
+            return
         raw = id_bytes(value)
         if raw is None:
             self.add("R15", E, el, f"{what} {value!r} is not base64Binary (length a multiple of "
@@ -497,8 +746,13 @@ class _Run:
             self.add("R15", W, el, f"{what} {value!r} decodes to {len(raw)} bytes, not the 16 "
                      "of a UUID (RFC 7865 recommends base64 of a 128-bit UUID)")
 
-    def time(self, el: etree._Element, what: str) -> datetime | None:
-        text = (el.text or "").strip()
+    def time(self, el: etree._Element, what: str) -> str | None:
+        """The time's text if it is a zoned xs:dateTime; else report R20 (and maybe return)."""
+        text = el.text
+        if text is not None and (self.ok or _DT_ZONED.fullmatch(text)) and (
+                text[-1] == "Z" or text[-3] == ":" and text[-6] in "+-"):
+            return text
+        text = (text or "").strip()
         try:
             value = parse_datetime(text)
         except ValueError:
@@ -510,35 +764,31 @@ class _Run:
         if value.tzinfo is None:
             sev = I if self.v.profile is Profile.LEGACY else W
             self.add("R20", sev, el, f"{what} {text} has no timezone; add Z or ±hh:mm")
-        return value
+        return text
 
     def assoc(self, el: etree._Element, kind: str, key: str | None,
               params: bool = False) -> _Assoc:
         a = _Assoc(el.sourceline)
+        ok = self.ok
         for c in el:
             tag = c.tag
-            if tag == _R + "associate-time":
+            if tag == _R_ASSOC_T:
                 a.assoc = self.time(c, f"{kind} associate-time")
-            elif tag == _R + "disassociate-time":
+            elif tag == _R_DISASSOC_T:
                 a.disassoc = self.time(c, f"{kind} disassociate-time")
-            elif params and tag == _R + "param":
+            elif ok or params and tag == _R + "param":
                 continue
             elif isinstance(tag, str):
                 self.foreign(c, kind)
-        self.order(el, kind, key, a.assoc, a.disassoc, "associate-time", "disassociate-time")
+        if a.disassoc is not None:
+            self.order(el, kind, key, a.assoc, a.disassoc, "associate-time", "disassociate-time")
         return a
 
-    def order(self, el: etree._Element, kind: str, key: str | None, start: datetime | None,
-              end: datetime | None, n1: str, n2: str) -> None:
-        if start is None or end is None:
-            return
-        try:
-            bad = end < start
-        except TypeError:  # one zoned, one not: R20 already reported the unzoned one
-            return
-        if bad:
-            self.add("R21", E, el, f"{kind} {key or ''}: {n2} {end.isoformat()} is before "
-                     f"{n1} {start.isoformat()}".replace("  ", " "))
+    def order(self, el: etree._Element, kind: str, key: str | None, start: str | None,
+              end: str | None, n1: str, n2: str) -> None:
+        if _before(end, start):
+            self.add("R21", E, el, f"{kind} {key or ''}: {n2} {end} is before "
+                     f"{n1} {start}".replace("  ", " "))
 
     def foreign(self, c: etree._Element, parent: str) -> None:
         tag = c.tag
@@ -555,6 +805,7 @@ class _Run:
     def session(self, el: etree._Element, doc: _Doc, ids: dict[str, str]) -> None:
         sid = self.id_attr(el, "session_id", "session", doc.sessions, ids)
         a = _Assoc(el.sourceline)
+        ok = self.ok
         for c in el:
             tag = c.tag
             if tag == _R + "sipSessionID":
@@ -571,19 +822,21 @@ class _Run:
                 a.assoc = self.time(c, "session start-time")
             elif tag == _R + "stop-time":
                 a.disassoc = self.time(c, "session stop-time")
-            elif tag == _R + "reason":
+            elif ok or tag == _R + "reason":
                 continue
             elif isinstance(tag, str):
                 self.foreign(c, "session")
-        self.order(el, "session", sid, a.assoc, a.disassoc, "start-time", "stop-time")
+        if a.disassoc is not None:
+            self.order(el, "session", sid, a.assoc, a.disassoc, "start-time", "stop-time")
         if sid is not None:
             doc.sessions[sid] = a
 
-    def participant(self, el: etree._Element, pid: str | None) -> None:
+    def participant(self, el: etree._Element) -> None:
         lenient = self.v.profile is Profile.LEGACY
+        ok = self.ok
         for c in el:
             tag = c.tag
-            if tag == _R + "nameID":
+            if tag == _R_NAMEID:
                 aor = c.get("aor")
                 if aor is None:
                     continue  # the schema pass reports the missing attribute
@@ -599,42 +852,53 @@ class _Run:
                 name = c.find(_R + "name")
                 if name is not None and name.get(_LANG) is None:
                     self.add("R19", I, name, "name has no xml:lang")
-            elif isinstance(tag, str):
+            elif not ok and isinstance(tag, str):
                 self.foreign(c, "participant")
 
     def stream(self, el: etree._Element, doc: _Doc, ids: dict[str, str]) -> None:
         sid = self.id_attr(el, "stream_id", "stream", doc.streams, ids)
-        session = self.ref_attr(el, "session_id")
-        labels = []
-        for c in el:
-            tag = c.tag
-            if tag == _R + "label":
-                labels.append((c.text or "").strip())
-            elif isinstance(tag, str):
-                self.foreign(c, "stream")
-        if len(labels) != 1:
-            self.add("R18", E, el, f"stream {sid} has {len(labels)} <label> elements; exactly "
-                     "one is required (it names the SDP a=label of its m-line)")
+        session = self.ref_attr(el, "session_id", "stream")
+        label: str | None
+        if self.ok:  # the schema guarantees exactly one <label>
+            label = (el.findtext(_R_LABEL) or "").strip()
+        else:
+            labels = []
+            for c in el:
+                tag = c.tag
+                if tag == _R_LABEL:
+                    labels.append((c.text or "").strip())
+                elif isinstance(tag, str):
+                    self.foreign(c, "stream")
+            if len(labels) != 1:
+                self.add("R18", E, el, f"stream {sid} has {len(labels)} <label> elements; "
+                         "exactly one is required (it names the SDP a=label of its m-line)")
+            label = labels[0] if labels else None
         if sid is not None:
-            doc.streams[sid] = (labels[0] if labels else None, session, el.sourceline)
+            doc.streams[sid] = (label, session, el.sourceline)
 
     def pst(self, el: etree._Element, doc: _Doc) -> None:
-        pid = self.ref_attr(el, "participant_id")
+        pid = self.ref_attr(el, "participant_id", "participantstreamassoc")
         a = _StreamAssoc(el.sourceline)
+        ok = self.ok
         for c in el:
             tag = c.tag
-            if tag == _R + "send" or tag == _R + "recv":
+            if tag == _R_SEND:
                 ref = (c.text or "").strip()
-                self.check_b64(c, tag[len(_R):], ref)
-                (a.send if tag == _R + "send" else a.recv).append((ref, c.sourceline))
-            elif tag == _R + "associate-time":
+                self.check_b64(c, "send", ref)
+                a.send.append((ref, c.sourceline))
+            elif tag == _R_RECV:
+                ref = (c.text or "").strip()
+                self.check_b64(c, "recv", ref)
+                a.recv.append((ref, c.sourceline))
+            elif tag == _R_ASSOC_T:
                 a.assoc = self.time(c, "participantstreamassoc associate-time")
-            elif tag == _R + "disassociate-time":
+            elif tag == _R_DISASSOC_T:
                 a.disassoc = self.time(c, "participantstreamassoc disassociate-time")
-            elif isinstance(tag, str):
+            elif not ok and isinstance(tag, str):
                 self.foreign(c, "participantstreamassoc")
-        self.order(el, "participantstreamassoc", pid, a.assoc, a.disassoc, "associate-time",
-                   "disassociate-time")
+        if a.disassoc is not None:
+            self.order(el, "participantstreamassoc", pid, a.assoc, a.disassoc, "associate-time",
+                       "disassociate-time")
         if pid is not None:
             if pid in doc.psts:
                 self.add("R16", E, el, f"two participantstreamassoc elements for participant "
@@ -750,29 +1014,18 @@ class _Run:
             old = state.psas.get(key)
             if old is None:
                 continue
-            if a.disassoc is not None and old.assoc is not None and a.assoc is None:
-                try:
-                    if a.disassoc < old.assoc:
-                        add("R21", E, a.line, f"participant {key[0]}: disassociate-time "
-                            f"{a.disassoc.isoformat()} is before its associate-time "
-                            f"{old.assoc.isoformat()}")
-                except TypeError:
-                    pass
+            if a.assoc is None and _before(a.disassoc, old.assoc):
+                add("R21", E, a.line, f"participant {key[0]}: disassociate-time {a.disassoc} "
+                    f"is before its associate-time {old.assoc}")
             if old.disassoc is not None and a.disassoc is not None and (
-                    a.assoc is None or (old.assoc is not None and a.assoc <= old.assoc)):
+                    a.assoc is None or not _before(old.disassoc, a.assoc)):
                 add("R21", W, a.line, f"participant {key[0]} is disassociated again without "
                     "a re-association in between")
         for sid, s in doc.sessions.items():
             old = state.sessions.get(sid)
-            if old is not None and old.assoc is not None and s.disassoc is not None \
-                    and s.assoc is None:
-                try:
-                    if s.disassoc < old.assoc:
-                        add("R21", E, s.line, f"session {sid}: stop-time "
-                            f"{s.disassoc.isoformat()} is before its start-time "
-                            f"{old.assoc.isoformat()}")
-                except TypeError:
-                    pass
+            if old is not None and s.assoc is None and _before(s.disassoc, old.assoc):
+                add("R21", E, s.line, f"session {sid}: stop-time {s.disassoc} is before its "
+                    f"start-time {old.assoc}")
         labels = {sid: lb for sid, (lb, _s, _l) in known.streams.items()}
         for pid, pst in doc.psts.items():
             old_pst = state.psts.get(pid)
