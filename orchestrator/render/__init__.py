@@ -23,7 +23,7 @@ from ..site.model import Rule, Site
 
 MANIFEST = "render-manifest.json"
 
-__all__ = ["MANIFEST", "Rendered", "render_site", "write", "stale_diff", "templates_dir"]
+__all__ = ["MANIFEST", "Rendered", "render_site", "stale_diff", "templates_dir", "write"]
 
 
 @dataclass(frozen=True)
@@ -152,7 +152,7 @@ def write(outdir: Path, files: list[Rendered]) -> list[Path]:
 
 def stale_diff(outdir: Path, files: list[Rendered]) -> str:
     """Unified diff between ``outdir`` and what would be rendered; empty when up to date."""
-    chunks = []
+    chunks: list[str] = []
     for r in files:
         path = Path(outdir) / r.path
         try:

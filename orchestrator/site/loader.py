@@ -89,7 +89,7 @@ _EXPECTED = {
 }
 
 
-def _message(err: dict[str, Any], data_at: Any) -> str:
+def _message(err: Any, data_at: Any) -> str:
     t = err["type"]
     ctx = err.get("ctx") or {}
     if t == "extra_forbidden":

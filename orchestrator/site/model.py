@@ -429,7 +429,7 @@ def _cross_checks(site: Site) -> list[tuple[str, str]]:
 
 def _listeners(site: Site) -> list[tuple[str, str, str, int]]:
     """(key path, proto, address, port) of every socket the site binds."""
-    out = []
+    out: list[tuple[str, str, str, int]] = []
     for ei, e in enumerate(site.edges):
         for li, ls in enumerate(e.listen):
             out.append((f"edges[{ei}].listen[{li}]", ls.proto if ls.proto == "udp" else "tcp",

@@ -54,8 +54,8 @@ def test_smoke_start_reports_a_port_in_use(tmp_path: Path) -> None:
     """Kamailio -c passes a config whose socket cannot be bound; the smoke start catches it."""
     import socket
 
-    from orchestrator.lab.procs import Kamailio
     from orchestrator.errors import LabError
+    from orchestrator.lab.procs import Kamailio
 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as blocker:
         blocker.bind(("127.0.0.1", 0))
@@ -66,9 +66,8 @@ def test_smoke_start_reports_a_port_in_use(tmp_path: Path) -> None:
                        .replace("5071", "15071").replace("8448", "18448"))
         assert check_kamailio(cfg, "edge1")[0].ok  # kamailio -c does not bind
         kam = Kamailio(cfg, tmp_path / "k", ready_tcp=("127.0.0.1", 15071))
-        with pytest.raises(LabError, match="exited with status"):
-            with kam.started(timeout=10):
-                pass
+        with pytest.raises(LabError, match="exited with status"), kam.started(timeout=10):
+            pass
 
 
 def test_check_cli_json(capsys) -> None:
