@@ -1,0 +1,280 @@
+#!/usr/bin/env python3
+"""NG throughput and latency: siprecctl's NgClient against a raw-socket floor.
+
+Runs against one real rtpengine on loopback (started here, userspace, unless ``--ng`` names
+a running one). For ``ping`` and ``query`` at concurrency 1, 8 and 64 it measures replies/s
+and p50/p99 latency for
+
+* **client** -- N threads sharing one :class:`NgClient` (UDP, bencode): cookie generation,
+  encoding, reply matching by cookie, decoding and result checks included;
+* **floor** -- N threads sharing one connected UDP socket, each sending pre-built datagrams
+  (unique cookies, so rtpengine does the same work: its reply cache is keyed by cookie) and
+  receiving one datagram per send, no parsing, no matching.
+
+Both use the same socket pattern (one socket, N threads, N requests in flight), so the ratio
+client/floor is the cost of the client itself. For context it also reports a pipelined
+single-thread floor (a window of N datagrams in flight, no threads), and the CLI cold start:
+``siprecctl ng ping`` next to rtpengine-utils' Perl ``rtpengine-ng-client ping``.
+
+    .venv/bin/python bench/ng_throughput.py [--runs 5] [--duration 2] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from orchestrator.lab.procs import Rtpengine, free_port  # noqa: E402
+from orchestrator.ng import NgClient  # noqa: E402
+from orchestrator.ng.codec import bencode_encode  # noqa: E402
+
+CALL_ID = "bench-call"
+SDP = ("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+       "m=audio {port} RTP/AVP 0 8\r\na=sendrecv\r\n")
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    k = min(len(s) - 1, max(0, round(p / 100 * (len(s) - 1))))
+    return s[k]
+
+
+def _run_threads(n: int, worker: Any, duration: float) -> tuple[int, float, list[float]]:
+    """Start ``n`` workers, let them run ``duration`` s; (replies, elapsed, latencies)."""
+    stop = threading.Event()
+    lats: list[list[float]] = [[] for _ in range(n)]
+    counts = [0] * n
+    barrier = threading.Barrier(n + 1)
+
+    def body(i: int) -> None:
+        barrier.wait()
+        counts[i] = worker(i, stop, lats[i])
+
+    threads = [threading.Thread(target=body, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    t0 = time.perf_counter()
+    time.sleep(duration)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    elapsed = time.perf_counter() - t0
+    return sum(counts), elapsed, [x for lst in lats for x in lst]
+
+
+def bench_client(addr: tuple[str, int], command: str, n: int, duration: float) -> dict[str, float]:
+    with NgClient(addr, timeout=5.0) as ng:
+        op = ng.ping if command == "ping" else (lambda: ng.query(CALL_ID))
+
+        def worker(i: int, stop: threading.Event, lat: list[float]) -> int:
+            pc = time.perf_counter
+            done = 0
+            while not stop.is_set():
+                t = pc()
+                op()
+                lat.append(pc() - t)
+                done += 1
+            return done
+
+        count, elapsed, lats = _run_threads(n, worker, duration)
+    return _result(count, elapsed, lats)
+
+
+def _datagrams(command: str, thread: int, count: int) -> list[bytes]:
+    body = bencode_encode({"command": command} if command == "ping"
+                          else {"command": "query", "call-id": CALL_ID})
+    prefix = os.urandom(4).hex().encode()
+    return [b"%s_%d_%d %s" % (prefix, thread, i, body) for i in range(count)]
+
+
+def bench_floor(addr: tuple[str, int], command: str, n: int, duration: float,
+                per_thread: int) -> dict[str, float]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.connect(addr)
+    sock.settimeout(5.0)
+    pre = [_datagrams(command, i, per_thread) for i in range(n)]
+
+    def worker(i: int, stop: threading.Event, lat: list[float]) -> int:
+        pc = time.perf_counter
+        send, recv = sock.send, sock.recv
+        dgrams = pre[i]
+        done = 0
+        while not stop.is_set() and done < len(dgrams):
+            t = pc()
+            send(dgrams[done])
+            recv(65535)
+            lat.append(pc() - t)
+            done += 1
+        return done
+
+    count, elapsed, lats = _run_threads(n, worker, duration)
+    sock.close()
+    return _result(count, elapsed, lats)
+
+
+def bench_pipelined(addr: tuple[str, int], command: str, window: int, duration: float,
+                    total: int) -> dict[str, float]:
+    """One thread keeps ``window`` datagrams in flight (the socket's own ceiling)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.connect(addr)
+    sock.settimeout(5.0)
+    dgrams = _datagrams(command, 0, total)
+    sent = got = 0
+    t0 = time.perf_counter()
+    end = t0 + duration
+    for _ in range(window):
+        sock.send(dgrams[sent])
+        sent += 1
+    while got < sent:
+        sock.recv(65535)
+        got += 1
+        if sent < total and time.perf_counter() < end:
+            sock.send(dgrams[sent])
+            sent += 1
+    elapsed = time.perf_counter() - t0
+    sock.close()
+    return {"rps": got / elapsed}
+
+
+def _result(count: int, elapsed: float, lats: list[float]) -> dict[str, float]:
+    return {"rps": count / elapsed, "p50_us": percentile(lats, 50) * 1e6,
+            "p99_us": percentile(lats, 99) * 1e6}
+
+
+def cold_start(addr: tuple[str, int], runs: int) -> dict[str, float]:
+    siprecctl = shutil.which("siprecctl", path=str(ROOT / ".venv" / "bin")) or "siprecctl"
+    ours = [siprecctl, "ng", "ping", "--ng", f"{addr[0]}:{addr[1]}"]
+    perl = ["rtpengine-ng-client", f"--proxy-address={addr[0]}", f"--proxy-port={addr[1]}",
+            "ping"]
+    out: dict[str, float] = {}
+    for name, argv in (("siprecctl_ng_ping_ms", ours), ("perl_ng_client_ping_ms", perl)):
+        times = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            p = subprocess.run(argv, capture_output=True, check=False, timeout=30)
+            times.append((time.perf_counter() - t) * 1000)
+            if p.returncode != 0:
+                raise SystemExit(f"{argv[0]} failed: {p.stdout!r} {p.stderr!r}")
+        out[name] = statistics.median(times)
+    return out
+
+
+def setup_call(addr: tuple[str, int]) -> None:
+    with NgClient(addr) as ng:
+        ng.offer(CALL_ID, "bench-a", SDP.format(port=7000), label="a")
+        ng.answer(CALL_ID, "bench-a", "bench-b", SDP.format(port=7002), label="b")
+
+
+def one_run(addr: tuple[str, int], duration: float,
+            concurrency: list[int]) -> dict[str, Any]:
+    res: dict[str, Any] = {}
+    for command in ("ping", "query"):
+        for n in concurrency:
+            c = bench_client(addr, command, n, duration)
+            # enough pre-built datagrams for 3x the client's rate
+            per_thread = int(max(c["rps"], 1000) * duration * 3 / n) + 100
+            f = bench_floor(addr, command, n, duration, per_thread)
+            p = bench_pipelined(addr, command, n, duration, int(f["rps"] * duration * 3) + 100)
+            res[f"{command}/{n}"] = {"client": c, "floor": f, "pipelined": p,
+                                     "ratio": c["rps"] / f["rps"]}
+    return res
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ng", help="HOST:PORT of a running rtpengine (default: start one)")
+    ap.add_argument("--runs", type=int, default=5, help="repeat everything, report medians")
+    ap.add_argument("--duration", type=float, default=2.0, help="seconds per measurement")
+    ap.add_argument("--concurrency", default="1,8,64")
+    ap.add_argument("--cold-runs", type=int, default=20)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    conc = [int(x) for x in args.concurrency.split(",")]
+
+    with tempfile.TemporaryDirectory(prefix="ngbench-") as tmp:
+        if args.ng:
+            host, port = args.ng.rsplit(":", 1)
+            addr = (host, int(port))
+            rtp = None
+        else:
+            addr = ("127.0.0.1", free_port())
+            lo = 45000
+            rtp = Rtpengine(None, Path(tmp), ng=addr, overrides=[
+                "--interface=127.0.0.1", f"--port-min={lo}", f"--port-max={lo + 99}",
+                "--log-level=4", "--delete-delay=0", "--timeout=86400",
+                "--silent-timeout=86400"])
+            rtp.start()
+            rtp.wait_ready()
+        try:
+            setup_call(addr)
+            runs = [one_run(addr, args.duration, conc) for _ in range(args.runs)]
+            cold = cold_start(addr, args.cold_runs)
+        finally:
+            if rtp is not None:
+                rtp.stop()
+
+    summary: dict[str, Any] = {}
+    for key in runs[0]:
+        def med(path: tuple[str, str], key: str = key) -> float:
+            return statistics.median(r[key][path[0]][path[1]] for r in runs)
+        summary[key] = {
+            "client_rps": med(("client", "rps")), "client_p50_us": med(("client", "p50_us")),
+            "client_p99_us": med(("client", "p99_us")), "floor_rps": med(("floor", "rps")),
+            "floor_p50_us": med(("floor", "p50_us")), "floor_p99_us": med(("floor", "p99_us")),
+            "pipelined_rps": med(("pipelined", "rps")),
+            "ratio": statistics.median(r[key]["ratio"] for r in runs),
+        }
+    report = {"machine": {"cpu": _cpu(), "cores": os.cpu_count(), "python": sys.version.split()[0],
+                          "platform": platform.platform()},
+              "runs": args.runs, "duration_s": args.duration, "results": summary,
+              "cold_start": cold}
+    if args.json:
+        json.dump(report, sys.stdout, indent=2)
+        print()
+        return 0
+    print(f"# {report['machine']['cpu']}, {os.cpu_count()} cores, Python "
+          f"{report['machine']['python']}; medians of {args.runs} runs x {args.duration:g} s")
+    print("| command | conc | client rep/s | p50 µs | p99 µs | floor rep/s | p50 µs | p99 µs "
+          "| client/floor | pipelined floor rep/s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for key, s in summary.items():
+        cmd, n = key.split("/")
+        print(f"| {cmd} | {n} | {s['client_rps']:,.0f} | {s['client_p50_us']:.0f} | "
+              f"{s['client_p99_us']:.0f} | {s['floor_rps']:,.0f} | {s['floor_p50_us']:.0f} | "
+              f"{s['floor_p99_us']:.0f} | {s['ratio']:.2f} | {s['pipelined_rps']:,.0f} |")
+    print(f"\nCLI cold start (median of {args.cold_runs}): siprecctl ng ping "
+          f"{cold['siprecctl_ng_ping_ms']:.1f} ms; rtpengine-ng-client ping "
+          f"{cold['perl_ng_client_ping_ms']:.1f} ms")
+    return 0
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
