@@ -86,7 +86,7 @@ def parse_multipart(content_type: str, body: bytes) -> tuple[list[BodyPart], lis
     if not matches[-1].group(1):
         problems.append(f"multipart body has no closing delimiter --{boundary}--")
     parts: list[BodyPart] = []
-    for cur, nxt in zip(matches, matches[1:] + [None]):
+    for cur, nxt in zip(matches, [*matches[1:], None], strict=True):
         if cur.group(1):  # the close delimiter
             if nxt is not None:
                 problems.append("content after the closing delimiter")

@@ -26,6 +26,15 @@ class SipMessage:
     body: bytes
     body_line: int  # 1-based line number of the body's first line in the message
     declared_length: int | None
+    header_lines: tuple[int, ...] = ()  # line number of each entry of ``headers``
+
+    def line_of(self, name: str) -> int | None:
+        """Line of the first ``name`` header (1, the start line, if there is none)."""
+        name = name.lower()
+        for (n, _v), line in zip(self.headers, self.header_lines, strict=False):
+            if n == name:
+                return line
+        return 1
 
     @property
     def method(self) -> str | None:
@@ -68,6 +77,7 @@ def parse_sip_message(data: bytes) -> SipMessage:
     if not (_REQUEST_LINE.match(start) or _STATUS_LINE.match(start)):
         raise SipError(f"not a SIP message: start line {start[:80]!r}")
     headers: list[tuple[str, str]] = []
+    lines: list[int] = []
     for no, line in enumerate(raw_lines[1:], 2):
         if line[:1] in (" ", "\t"):  # RFC 3261 §7.3.1 line folding
             if not headers:
@@ -80,6 +90,7 @@ def parse_sip_message(data: bytes) -> SipMessage:
             raise SipError(f"line {no}: malformed header line {line[:80]!r}")
         key = name.strip().lower()
         headers.append((_COMPACT.get(key, key), value.strip()))
+        lines.append(no)
     body_line = len(raw_lines) + 2 if sep is not None else len(raw_lines) + 1
     length: int | None = None
     for n, v in headers:
@@ -87,7 +98,7 @@ def parse_sip_message(data: bytes) -> SipMessage:
             if not v.isdigit():
                 raise SipError(f"Content-Length {v!r} is not a number")
             length = int(v)
-    return SipMessage(start, tuple(headers), body, body_line, length)
+    return SipMessage(start, tuple(headers), body, body_line, length, tuple(lines))
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,7 +48,7 @@ __all__ = [
     "validate_metadata",
 ]
 
-E, W, I = Severity.ERROR, Severity.WARNING, Severity.INFO
+E, W, INFO = Severity.ERROR, Severity.WARNING, Severity.INFO
 _R = "{" + RECORDING_NS + "}"
 _L = "{" + LEGACY_NS + "}"
 _LANG = "{" + XML_NS + "}lang"
@@ -102,6 +102,13 @@ def _labels_of(sdp: bytes | str) -> list[str]:
     """The SDP's ``a=label`` values (all that metadata checking needs from it)."""
     text = sdp.decode("utf-8", "replace") if isinstance(sdp, bytes) else sdp
     return [lb.strip() for lb in _LABEL_LINE.findall(text)]
+
+
+def _schema_valid(root: etree._Element) -> bool:
+    try:
+        return bool(schema().validate(root))
+    except etree.Error:  # e.g. unexpanded entity references: libxml2 gives up
+        return False
 
 
 def has_errors(findings: Iterable[Finding]) -> bool:
@@ -204,7 +211,7 @@ class RecordingSessionValidator:
         out.extend(_check_envelope(msg, source))
         ctype = msg.header("content-type")
         if not msg.body.strip():
-            out.append(Finding("R03", I, msg.body_line,
+            out.append(Finding("R03", INFO, msg.body_line,
                                "no body: the request carries neither SDP nor metadata", source))
             return out
         if ctype is None:
@@ -215,7 +222,7 @@ class RecordingSessionValidator:
         meta_part: tuple[bytes, int, str] | None = None
         if mime == "application/sdp":
             sdp_part = (msg.body, msg.body_line)
-            out.append(Finding("R03", I, msg.body_line,
+            out.append(Finding("R03", INFO, msg.body_line,
                                "SDP without metadata (allowed: metadata may follow in a later "
                                "request, RFC 7866 §9.1)", source))
         elif mime in (SNAPSHOT_REQUEST_TYPE,):
@@ -301,26 +308,26 @@ def _check_envelope(msg: SipMessage, source: str | None) -> list[Finding]:
     """Rules R01, R02, R06, R07 on the recording session request itself."""
     out: list[Finding] = []
     if msg.declared_length is not None and msg.declared_length != len(msg.body):
-        out.append(Finding("R07", E, None,
+        out.append(Finding("R07", E, msg.line_of("content-length"),
                            f"Content-Length is {msg.declared_length} but the body has "
                            f"{len(msg.body)} bytes", source))
     if msg.method != "INVITE":
         return out
     tags = [t.strip().lower() for v in msg.header_all("require") for t in v.split(",")]
     if "siprec" not in tags:
-        out.append(Finding("R01", E, None, "INVITE lacks Require: siprec (RFC 7866 §6.1.1)",
+        out.append(Finding("R01", E, msg.line_of("require"), "INVITE lacks Require: siprec (RFC 7866 §6.1.1)",
                            source))
     contact = msg.header("contact") or ""
     params = [p.strip() for p in contact.split(">", 1)[-1].split(";")[1:]]
     if "+sip.src" not in [p.split("=")[0].lower() for p in params]:
         wrong = [p for p in params if p.lower() in ("src", "+sip-src", "+sip-rec")]
         hint = f" (found ;{wrong[0]}, a pre-RFC or misspelt tag)" if wrong else ""
-        out.append(Finding("R02", E, None,
+        out.append(Finding("R02", E, msg.line_of("contact"),
                            f"Contact lacks the +sip.src feature tag{hint} (RFC 7866 §6.1.1)",
                            source))
     accept = ",".join(msg.header_all("accept")).lower()
     if SNAPSHOT_REQUEST_TYPE not in accept:
-        out.append(Finding("R06", W, None,
+        out.append(Finding("R06", W, msg.line_of("accept"),
                            f"Accept does not list {SNAPSHOT_REQUEST_TYPE}: the SRS cannot ask "
                            "this SRC for a snapshot", source))
     return out
@@ -446,17 +453,20 @@ class _Run:
         if root is None:
             self.add("R12", E, 1, "empty document")
             return
+        if root.getroottree().docinfo.doctype:
+            self.add("R12", E, 1, "the document has a DOCTYPE; metadata must not use DTDs "
+                     "(entities are never expanded here)")
         tag = root.tag if isinstance(root.tag, str) else ""
         if tag == _R + "requestsnapshot":
             self.snapshot_request(root)
             return
         if tag == _R + "recording":
-            self.ok = bool(schema().validate(root))
+            self.ok = _schema_valid(root)
             legacy = [] if self.ok else _legacy_markers(root)
         else:
             legacy = _legacy_markers(root)
         if legacy:
-            self.add("R26", I, root, "pre-RFC draft metadata format detected ("
+            self.add("R26", INFO, root, "pre-RFC draft metadata format detected ("
                      + ", ".join(legacy) + ")")
             if self.v.profile is Profile.LEGACY:
                 self.legacy(root)
@@ -762,7 +772,7 @@ class _Run:
             self.add("R20", E, el, f"{what} {text!r} is not an xs:dateTime{hint}")
             return None
         if value.tzinfo is None:
-            sev = I if self.v.profile is Profile.LEGACY else W
+            sev = INFO if self.v.profile is Profile.LEGACY else W
             self.add("R20", sev, el, f"{what} {text} has no timezone; add Z or ±hh:mm")
         return text
 
@@ -843,7 +853,7 @@ class _Run:
                 if _AOR_OK.match(aor):
                     pass
                 elif _BARE_AOR.match(aor):
-                    self.add("R19", I if lenient else W, c,
+                    self.add("R19", INFO if lenient else W, c,
                              f"aor {aor!r} has no URI scheme; write sip:{aor}")
                 elif _URI.match(aor):
                     self.add("R19", W, c, f"aor {aor!r} is not a sip:, sips: or tel: URI")
@@ -851,7 +861,7 @@ class _Run:
                     self.add("R19", E, c, f"aor {aor!r} is not a URI")
                 name = c.find(_R + "name")
                 if name is not None and name.get(_LANG) is None:
-                    self.add("R19", I, name, "name has no xml:lang")
+                    self.add("R19", INFO, name, "name has no xml:lang")
             elif not ok and isinstance(tag, str):
                 self.foreign(c, "participant")
 
@@ -959,7 +969,7 @@ class _Run:
                 add("R22", W, line, f"stream {sid} (label {label}) has no sender "
                     "(no participant <send>s it)")
             elif n > 1:
-                add("R23", I, line, f"stream {sid} (label {label}) has {n} senders: a mixed "
+                add("R23", INFO, line, f"stream {sid} (label {label}) has {n} senders: a mixed "
                     "stream")
 
     def streams_plausible(self, doc: _Doc) -> None:
@@ -1001,7 +1011,7 @@ class _Run:
             return
         state = v.state
         if state is None:
-            self.add("R28", I, root, "partial update without an earlier complete snapshot: "
+            self.add("R28", INFO, root, "partial update without an earlier complete snapshot: "
                      "references to earlier objects are not checked")
             v.state = doc
             return
@@ -1034,7 +1044,7 @@ class _Run:
             dropped = [r for r, _ in old_pst.send if r not in {x for x, _ in pst.send}]
             if dropped and pst.disassoc is None:
                 names = ", ".join(str(labels.get(r, r)) for r in dropped)
-                add("R28", I, pst.line, f"partial update replaces the send/recv set of "
+                add("R28", INFO, pst.line, f"partial update replaces the send/recv set of "
                     f"participant {pid}: it no longer sends stream(s) labelled {names} "
                     "(hold or mute?)")
         state.merge(doc)
@@ -1043,13 +1053,13 @@ class _Run:
 
     def snapshot_request(self, root: etree._Element) -> None:
         """R27: RFC 7865 §7 ``requestsnapshot`` with a ``requestreason``."""
-        if not schema().validate(root):
+        if not _schema_valid(root):
             for entry in schema().error_log:
                 line = entry.line + self.offset if entry.line else None
                 self.findings.append(Finding("R27", E, line, _clean(entry.message), self.source))
         if root.find(_R + "requestreason") is None:
             self.add("R27", W, root, "requestsnapshot has no <requestreason>")
-        self.add("R27", I, root, "snapshot request: the SRC's next metadata must be "
+        self.add("R27", INFO, root, "snapshot request: the SRC's next metadata must be "
                  "datamode=complete")
 
     def legacy(self, root: etree._Element) -> None:
@@ -1086,6 +1096,11 @@ class _Run:
                     refs.append(("session", session, el.sourceline))
             elif local in ("send", "recv") and el.tag.startswith(p):
                 refs.append(("stream", (el.text or "").strip(), el.sourceline))
+            elif local == "nameID" and el.tag.startswith(p):
+                aor = el.get("aor") or ""
+                if not _AOR_OK.match(aor):
+                    self.add("R19", INFO if _BARE_AOR.match(aor) else E, el,
+                             f"aor {aor!r} is not a sip:, sips: or tel: URI")
             elif local == "label" and el.tag.startswith(p):
                 labels.append(((el.text or "").strip(), el.sourceline))
             elif local in ("associate-time", "disassociate-time", "start-time", "stop-time"):
