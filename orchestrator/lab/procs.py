@@ -82,11 +82,17 @@ class Daemon:
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
                 raise LabError(f"{self.name} exited with status {self.proc.returncode} during "
-                               f"start-up:\n{self.log_tail()}")
+                               f"start-up: {self.log_errors()}")
             if self.ready():
                 return
             time.sleep(0.05)
         raise LabError(f"{self.name} not ready after {timeout:.0f} s:\n{self.log_tail()}")
+
+    def log_errors(self, limit: int = 5) -> str:
+        """The first ERROR/CRITICAL lines of the log (the cause, not the shutdown noise)."""
+        tail = self.log_tail(200).splitlines()
+        errs = [ln.strip() for ln in tail if "ERROR" in ln or "CRITICAL" in ln or "FATAL" in ln]
+        return "\n".join(errs[:limit]) if errs else "\n".join(tail[-10:])
 
     def log_tail(self, lines: int = 30) -> str:
         try:

@@ -124,6 +124,27 @@ def loopback_variant(site: Site, workdir: Path) -> Site:
     return validate_data(data, file="<loopback variant>")
 
 
+def sip_options_ok(host: str, port: int, timeout: float = 2.0) -> bool:
+    """True when a UDP SIP listener answers an OPTIONS keepalive with a final response."""
+    import os
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        s.bind((host, 0))
+        lport = s.getsockname()[1]
+        branch = "z9hG4bK-" + os.urandom(6).hex()
+        msg = (f"OPTIONS sip:{host}:{port} SIP/2.0\r\nVia: SIP/2.0/UDP {host}:{lport};"
+               f"branch={branch}\r\nFrom: <sip:check@{host}>;tag=c\r\nTo: <sip:{host}>\r\n"
+               f"Call-ID: {branch}@check\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
+               "Content-Length: 0\r\n\r\n")
+        try:
+            s.sendto(msg.encode(), (host, port))
+            return s.recv(65535).startswith(b"SIP/2.0 200")
+        except OSError:
+            return False
+
+
 def _rpc(host: str, port: int, method: str, params: list[Any] | None = None) -> Any:
     body = json.dumps({"jsonrpc": "2.0", "method": method, "params": params or [],
                        "id": 1}).encode()
@@ -168,10 +189,16 @@ def smoke(site: Site, workdir: Path) -> list[Finding]:
                 expect = len(lsite.nodes_in_set(e.media_set))
                 in_set = [x for x in enabled if x.get("set") == e.media_set]
                 evapi_ok = tcp_open(e.evapi.address, e.evapi.port)
-                ok = len(in_set) == expect and evapi_ok
-                msg = (f"started ({version.strip()}), JSON-RPC answers, "
+                dead = [f"{ls.proto}:{ls.address}:{ls.port}" for ls in e.listen
+                        if not (sip_options_ok(ls.address, ls.port) if ls.proto == "udp"
+                                else tcp_open(ls.address, ls.port))]
+                ok = len(in_set) == expect and evapi_ok and not dead
+                msg = (f"started ({version.strip()}), {len(e.listen) - len(dead)}/"
+                       f"{len(e.listen)} SIP listeners answer, JSON-RPC answers, "
                        f"{len(in_set)}/{expect} rtpengine nodes of set {e.media_set} enabled, "
                        f"evapi {'listening' if evapi_ok else 'NOT listening'}")
+                if dead:
+                    msg += f"; not answering: {', '.join(dead)}"
                 findings.append(Finding("smoke-kamailio", e.name, ok, msg, str(cfg)))
             except (LabError, OSError, ValueError, KeyError) as exc:
                 findings.append(Finding("smoke-kamailio", e.name, False, str(exc), str(cfg)))

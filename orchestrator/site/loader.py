@@ -8,12 +8,14 @@ Every problem becomes a :class:`~orchestrator.errors.SiteError` naming the file,
 from __future__ import annotations
 
 import json
+import types
+import typing
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from ..errors import SiteError, SiteErrors
 from .model import Site
@@ -89,10 +91,28 @@ _EXPECTED = {
 }
 
 
+def _model_at(path: Path_) -> type[BaseModel] | None:
+    """The model class that validates the mapping at ``path`` (None if not a model)."""
+    cls: Any = Site
+    for p in path:
+        if isinstance(p, int):
+            continue
+        if not (isinstance(cls, type) and issubclass(cls, BaseModel)) or p not in cls.model_fields:
+            return None
+        cls = cls.model_fields[p].annotation
+        # unwrap Optional[...] and list[...] down to a model class
+        while typing.get_origin(cls) in (list, typing.Union, types.UnionType):
+            cls = next((a for a in typing.get_args(cls) if a is not type(None)), None)
+    return cls if isinstance(cls, type) and issubclass(cls, BaseModel) else None
+
+
 def _message(err: Any, data_at: Any) -> str:
     t = err["type"]
     ctx = err.get("ctx") or {}
     if t == "extra_forbidden":
+        model = _model_at(_loc_path(err["loc"])[:-1])
+        if model is not None:
+            return f"unknown key (expected one of: {', '.join(model.model_fields)})"
         return "unknown key"
     if t == "missing":
         return "required key is missing"

@@ -246,3 +246,92 @@ def test_failed_call_frees_media(lab, how: str) -> None:
         assert q["result"] == "error" and "Unknown call" in q["error-reason"]
     lab["uas"] = sipp.uas(lab["cwd"], "127.0.0.1", UAS_PORT)
     time.sleep(0.2)
+
+
+def _request(method: str, ruri: str, *, cport: int, call_id: str, cseq: int, to: str,
+             routes: list[str] = (), body: str = "", branch: str | None = None) -> bytes:
+    lines = [f"{method} {ruri} SIP/2.0",
+             f"Via: SIP/2.0/UDP 127.0.0.1:{cport};branch={branch or 'z9hG4bK-' + os.urandom(6).hex()}",
+             *[f"Route: {r}" for r in routes],
+             f"From: <sip:caller@127.0.0.1:{cport}>;tag=caller1", f"To: {to}",
+             f"Call-ID: {call_id}", f"CSeq: {cseq} {'ACK' if method == 'ACK' else method}",
+             f"Contact: <sip:caller@127.0.0.1:{cport}>", "Max-Forwards: 70"]
+    if body:
+        lines.append("Content-Type: application/sdp")
+    lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n" + body).encode()
+
+
+def _answer(req: str, code: str, *, body: str = "", contact: int = UAS_PORT) -> bytes:
+    rr = [ln for ln in req.split("\r\n") if ln.lower().startswith("record-route:")]
+    head = _reply(req, code).decode().split("\r\nContent-Length: 0\r\n\r\n")[0]
+    extra = rr + [f"Contact: <sip:callee@127.0.0.1:{contact}>"]
+    if body:
+        extra.append("Content-Type: application/sdp")
+    return (head + "\r\n" + "\r\n".join(extra) +
+            f"\r\nContent-Length: {len(body)}\r\n\r\n{body}").encode()
+
+
+def _recv_response(sock: socket.socket, code: str) -> str:
+    while True:
+        msg = sock.recv(65535).decode()
+        if msg.startswith(f"SIP/2.0 {code}"):
+            return msg
+
+
+def test_hold_and_resume_reinvite_events(lab) -> None:
+    """A call through the edge, then re-INVITEs with a=sendonly and a=sendrecv: one
+    `reinvite` event each, with hold true then false; media re-anchored each time."""
+    call_id = f"hold-{os.urandom(4).hex()}@test"
+    hold_sdp = SDP + "a=sendonly\r\n"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as caller, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as callee:
+        caller.settimeout(5)
+        callee.settimeout(5)
+        caller.bind(("127.0.0.1", 0))
+        sipp.stop(lab["uas"])  # the test callee takes the trunk's place (see above)
+        callee.bind(("127.0.0.1", UAS_PORT))
+        cport = caller.getsockname()[1]
+        to = f"<sip:callee@127.0.0.1:{UAS_PORT}>"
+        ruri = f"sip:callee@127.0.0.1:{UAS_PORT}"
+        caller.sendto(_request("INVITE", ruri, cport=cport, call_id=call_id, cseq=1, to=to,
+                               body=SDP), SIP)
+        req, addr = _recv_request(callee, "INVITE")
+        callee.sendto(_answer(req, "200 OK", body=SDP), addr)
+        ok = _recv_response(caller, "200")
+        routes = [ln.split(":", 1)[1].strip() for ln in ok.split("\r\n")
+                  if ln.lower().startswith("record-route:")]
+        assert routes, "the edge must record-route"
+        to_tagged = _hdr(ok, "To")
+        caller.sendto(_request("ACK", ruri, cport=cport, call_id=call_id, cseq=1,
+                               to=to_tagged, routes=routes), SIP)
+        _recv_request(callee, "ACK")
+        for cseq, body, hold in ((2, hold_sdp, True), (3, SDP, False)):
+            caller.sendto(_request("INVITE", ruri, cport=cport, call_id=call_id, cseq=cseq,
+                                   to=to_tagged, routes=routes, body=body), SIP)
+            req, addr = _recv_request(callee, "INVITE")
+            assert ("a=sendonly" in req) is hold
+            callee.sendto(_answer(req, "200 OK", body=SDP), addr)
+            _recv_response(caller, "200")
+            caller.sendto(_request("ACK", ruri, cport=cport, call_id=call_id, cseq=cseq,
+                                   to=to_tagged, routes=routes), SIP)
+            _recv_request(callee, "ACK")
+            ev = lab["events"].wait_for(lambda e, c=cseq: e["event"] == "reinvite" and
+                                        e["call_id"] == call_id and
+                                        len([x for x in lab["events"].events
+                                             if x["event"] == "reinvite" and
+                                             x["call_id"] == call_id]) >= c - 1)
+        reinvites = [e for e in lab["events"].events
+                     if e["event"] == "reinvite" and e["call_id"] == call_id]
+        assert [e["hold"] for e in reinvites] == [True, False]
+        assert ev["to_tag"] == "callee1" and ev["from_tag"] == "caller1"
+        caller.sendto(_request("BYE", ruri, cport=cport, call_id=call_id, cseq=4,
+                               to=to_tagged, routes=routes), SIP)
+        req, addr = _recv_request(callee, "BYE")
+        callee.sendto(_reply(req, "200 OK"), addr)
+        _recv_response(caller, "200")
+        ended = lab["events"].wait_for(lambda e: e["event"] == "ended" and
+                                       e["call_id"] == call_id)
+        assert ended["by"] == "caller"
+    lab["uas"] = sipp.uas(lab["cwd"], "127.0.0.1", UAS_PORT)
+    time.sleep(0.2)

@@ -79,3 +79,32 @@ def test_check_cli_json(capsys) -> None:
     assert out["ok"] is True
     assert {f["step"] for f in out["findings"]} == {"kamailio-c", "rtpengine-config"}
     assert out["findings"][0]["file"] == "kamailio/edge/kamailio.cfg"
+
+
+def _tls_site(tmp_path: Path, cert: str) -> Path:
+    text = (ROOT / "orchestrator/site/embedded/lab.yaml").read_text().replace(
+        "      - {proto: tcp, address: 127.0.0.1, port: 5060}\n",
+        "      - {proto: tcp, address: 127.0.0.1, port: 5060}\n"
+        "      - {proto: tls, address: 127.0.0.1, port: 5061}\n"
+        f"    tls: {{certificate: {cert}, private_key: {tmp_path / 'key.pem'}}}\n")
+    site = tmp_path / "tls.yaml"
+    site.write_text(text)
+    return site
+
+
+def test_tls_listener_checked(tmp_path: Path) -> None:
+    import subprocess
+
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                    str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem"), "-days", "2",
+                    "-subj", "/CN=edge.test"], check=True, capture_output=True)
+    findings = check_site(load(_tls_site(tmp_path, str(tmp_path / "cert.pem"))))
+    assert all(f.ok for f in findings), "\n".join(f.format() for f in findings)
+    smoke = next(f for f in findings if f.step == "smoke-kamailio")
+    assert "3/3 SIP listeners answer" in smoke.message
+
+    # a certificate that is not there passes kamailio -c but not the smoke start
+    findings = check_site(load(_tls_site(tmp_path, str(tmp_path / "missing.pem"))))
+    bad = [f for f in findings if not f.ok]
+    assert [f.step for f in bad] == ["smoke-kamailio"]
+    assert "Unable to load certificate file" in bad[0].message

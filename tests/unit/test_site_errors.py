@@ -24,7 +24,8 @@ CASES = [
      "site.yaml:27 media.nodes[0].ports: port_min 40000 must be below port_max 30000"),
     ("unknown-key",
      variant("  delete_delay: 2\n", "  delete_delay: 2\n  colour: blue\n"),
-     "site.yaml:20 media.colour: unknown key"),
+     "site.yaml:20 media.colour: unknown key (expected one of: nodes, recording, "
+     "delete_delay, timeouts, redis)"),
     ("bad-type-int",
      variant("delete_delay: 2", "delete_delay: soon"),
      'site.yaml:19 media.delete_delay: expected an integer, got a string "soon"'),
