@@ -46,7 +46,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--multipart", type=Path, metavar="SDP",
                    help="emit a multipart/mixed body with this SDP and the metadata part")
     b.set_defaults(func=run_build)
-    parser.set_defaults(func=lambda args: (parser.print_help(sys.stderr), 2)[1])
 
 
 # ------------------------------------------------------------------------------ validate
@@ -155,6 +154,7 @@ def _time(value: Any, where: str) -> datetime:
 
 def recording_from_description(desc: Any) -> Any:
     """The :class:`~orchestrator.siprec.Recording` a call description asks for."""
+    from ..errors import SipError
     from ..siprec import (
         Extension,
         Group,
@@ -169,7 +169,6 @@ def recording_from_description(desc: Any) -> Any:
         new_id,
         participant_from_header,
     )
-    from ..errors import SipError
 
     if not isinstance(desc, dict):
         raise MetadataError("description: expected a mapping with 'participants'")
