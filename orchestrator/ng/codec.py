@@ -87,13 +87,21 @@ def _benc(v: Any, out: list[bytes]) -> None:
         out.append(b"e")
     elif isinstance(v, dict):
         out.append(b"d")
-        for k, item in sorted((to_bytes(k), item) for k, item in v.items()):
+        items = sorted(((to_bytes(k), item) for k, item in v.items()), key=_first)
+        for n in range(1, len(items)):
+            if items[n][0] == items[n - 1][0]:
+                raise ValueError(f"duplicate dictionary key {items[n][0]!r}")
+        for k, item in items:
             out.append(b"%d:" % len(k))
             out.append(k)
             _benc(item, out)
         out.append(b"e")
     else:
         raise TypeError(f"cannot bencode {type(v).__name__}")
+
+
+def _first(kv: tuple[bytes, Any]) -> bytes:
+    return kv[0]
 
 
 _DIGITS = frozenset(b"0123456789")
@@ -159,9 +167,9 @@ def _bdec(data: bytes, i: int, depth: int) -> tuple[Any, int]:
             v, i = _bdec(data, i, depth + 1)
             lst.append(v)
     if c == 0x69:  # 'i'
-        end = data.find(b"e", i + 1, i + 24)
+        end = data.find(b"e", i + 1, i + 42)  # up to 40 digits
         if end < 0:
-            if len(data) - i < 24:
+            if len(data) - i < 42:
                 raise _Truncated("bencode: unterminated integer", offset=i)
             raise NgProtocolError("bencode: integer too long", offset=i)
         return _int_at(data, i + 1, end, "integer"), end + 1
