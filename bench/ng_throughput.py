@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from orchestrator.lab.procs import Rtpengine, free_port  # noqa: E402
 from orchestrator.ng import NgClient  # noqa: E402
-from orchestrator.ng.codec import bencode_encode  # noqa: E402
+from orchestrator.ng.codec import Encoding, bencode_encode, json_encode  # noqa: E402
 
 CALL_ID = "bench-call"
 SDP = ("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
@@ -80,8 +80,11 @@ def _run_threads(n: int, worker: Any, duration: float) -> tuple[int, float, list
     return sum(counts), elapsed, [x for lst in lats for x in lst]
 
 
+ENCODING: Encoding = "json"
+
+
 def bench_client(addr: tuple[str, int], command: str, n: int, duration: float) -> dict[str, float]:
-    with NgClient(addr, timeout=5.0) as ng:
+    with NgClient(addr, timeout=5.0, encoding=ENCODING) as ng:
         op = ng.ping if command == "ping" else (lambda: ng.query(CALL_ID))
 
         def worker(i: int, stop: threading.Event, lat: list[float]) -> int:
@@ -98,18 +101,40 @@ def bench_client(addr: tuple[str, int], command: str, n: int, duration: float) -
     return _result(count, elapsed, lats)
 
 
+def bench_client_pipelined(addr: tuple[str, int], command: str, window: int,
+                           duration: float) -> dict[str, float]:
+    """``NgClient.call_many``: one thread, ``window`` requests in flight."""
+    params = None if command == "ping" else {"call-id": CALL_ID}
+    batch = [(command, params)] * (window * 50)
+    done = 0
+    with NgClient(addr, timeout=5.0, encoding=ENCODING) as ng:
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < duration:
+            out = ng.call_many(batch, window=window)
+            done += sum(not isinstance(r, Exception) for r in out)
+        elapsed = time.perf_counter() - t0
+    return {"rps": done / elapsed}
+
+
 def _datagrams(command: str, thread: int, count: int) -> list[bytes]:
-    body = bencode_encode({"command": command} if command == "ping"
-                          else {"command": "query", "call-id": CALL_ID})
+    msg = {"command": command} if command == "ping" else {"command": "query", "call-id": CALL_ID}
+    body = json_encode(msg) if ENCODING == "json" else bencode_encode(msg)
     prefix = os.urandom(4).hex().encode()
     return [b"%s_%d_%d %s" % (prefix, thread, i, body) for i in range(count)]
 
 
+def _raw_socket(addr: tuple[str, int], timeout: float) -> socket.socket:
+    """The client's socket pattern: connected UDP, 1 MiB receive buffer."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    sock.connect(addr)
+    sock.settimeout(timeout)
+    return sock
+
+
 def bench_floor(addr: tuple[str, int], command: str, n: int, duration: float,
                 per_thread: int) -> dict[str, float]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.connect(addr)
-    sock.settimeout(5.0)
+    sock = _raw_socket(addr, 0.5)
     pre = [_datagrams(command, i, per_thread) for i in range(n)]
 
     def worker(i: int, stop: threading.Event, lat: list[float]) -> int:
@@ -120,10 +145,14 @@ def bench_floor(addr: tuple[str, int], command: str, n: int, duration: float,
         while not stop.is_set() and done < len(dgrams):
             t = pc()
             send(dgrams[done])
-            recv(65535)
+            try:
+                recv(65535)
+            except TimeoutError:  # lost: no retransmission in the floor, move on
+                done += 1
+                continue
             lat.append(pc() - t)
             done += 1
-        return done
+        return len(lat)
 
     count, elapsed, lats = _run_threads(n, worker, duration)
     sock.close()
@@ -133,9 +162,7 @@ def bench_floor(addr: tuple[str, int], command: str, n: int, duration: float,
 def bench_pipelined(addr: tuple[str, int], command: str, window: int, duration: float,
                     total: int) -> dict[str, float]:
     """One thread keeps ``window`` datagrams in flight (the socket's own ceiling)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.connect(addr)
-    sock.settimeout(5.0)
+    sock = _raw_socket(addr, 1.0)
     dgrams = _datagrams(command, 0, total)
     sent = got = 0
     t0 = time.perf_counter()
@@ -144,7 +171,10 @@ def bench_pipelined(addr: tuple[str, int], command: str, window: int, duration: 
         sock.send(dgrams[sent])
         sent += 1
     while got < sent:
-        sock.recv(65535)
+        try:
+            sock.recv(65535)
+        except TimeoutError:
+            break  # a lost datagram ends the run (no retransmission in the floor)
         got += 1
         if sent < total and time.perf_counter() < end:
             sock.send(dgrams[sent])
@@ -165,11 +195,20 @@ def cold_start(addr: tuple[str, int], runs: int) -> dict[str, float]:
     perl = ["rtpengine-ng-client", f"--proxy-address={addr[0]}", f"--proxy-port={addr[1]}",
             "ping"]
     out: dict[str, float] = {}
-    for name, argv in (("siprecctl_ng_ping_ms", ours), ("perl_ng_client_ping_ms", perl)):
+    # as installed: with a bytecode cache (this host sets PYTHONDONTWRITEBYTECODE, which
+    # makes every run compile the package from source; that figure is reported too)
+    cached = dict(os.environ)
+    cached.pop("PYTHONDONTWRITEBYTECODE", None)
+    cached["PYTHONPYCACHEPREFIX"] = tempfile.mkdtemp(prefix="ngbench-pyc-")
+    nocache = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    for name, argv, env in (("siprecctl_ng_ping_ms", ours, cached),
+                            ("siprecctl_ng_ping_no_pyc_ms", ours, nocache),
+                            ("perl_ng_client_ping_ms", perl, None)):
+        subprocess.run(argv, capture_output=True, check=False, timeout=30, env=env)  # warm
         times = []
         for _ in range(runs):
             t = time.perf_counter()
-            p = subprocess.run(argv, capture_output=True, check=False, timeout=30)
+            p = subprocess.run(argv, capture_output=True, check=False, timeout=30, env=env)
             times.append((time.perf_counter() - t) * 1000)
             if p.returncode != 0:
                 raise SystemExit(f"{argv[0]} failed: {p.stdout!r} {p.stderr!r}")
@@ -193,8 +232,10 @@ def one_run(addr: tuple[str, int], duration: float,
             per_thread = int(max(c["rps"], 1000) * duration * 3 / n) + 100
             f = bench_floor(addr, command, n, duration, per_thread)
             p = bench_pipelined(addr, command, n, duration, int(f["rps"] * duration * 3) + 100)
+            cp = bench_client_pipelined(addr, command, n, duration)
             res[f"{command}/{n}"] = {"client": c, "floor": f, "pipelined": p,
-                                     "ratio": c["rps"] / f["rps"]}
+                                     "client_pipelined": cp, "ratio": c["rps"] / f["rps"],
+                                     "ratio_pipelined": cp["rps"] / p["rps"]}
     return res
 
 
@@ -205,8 +246,12 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=2.0, help="seconds per measurement")
     ap.add_argument("--concurrency", default="1,8,64")
     ap.add_argument("--cold-runs", type=int, default=20)
+    ap.add_argument("--encoding", choices=("json", "bencode"), default="json",
+                    help="NG encoding of the client and the floor's datagrams (default json)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    global ENCODING
+    ENCODING = "json" if args.encoding == "json" else "bencode"
     conc = [int(x) for x in args.concurrency.split(",")]
 
     with tempfile.TemporaryDirectory(prefix="ngbench-") as tmp:
@@ -240,9 +285,11 @@ def main() -> int:
             "client_p99_us": med(("client", "p99_us")), "floor_rps": med(("floor", "rps")),
             "floor_p50_us": med(("floor", "p50_us")), "floor_p99_us": med(("floor", "p99_us")),
             "pipelined_rps": med(("pipelined", "rps")),
+            "client_pipelined_rps": med(("client_pipelined", "rps")),
             "ratio": statistics.median(r[key]["ratio"] for r in runs),
+            "ratio_pipelined": statistics.median(r[key]["ratio_pipelined"] for r in runs),
         }
-    report = {"machine": {"cpu": _cpu(), "cores": os.cpu_count(), "python": sys.version.split()[0],
+    report = {"encoding": args.encoding, "machine": {"cpu": _cpu(), "cores": os.cpu_count(), "python": sys.version.split()[0],
                           "platform": platform.platform()},
               "runs": args.runs, "duration_s": args.duration, "results": summary,
               "cold_start": cold}
@@ -251,17 +298,20 @@ def main() -> int:
         print()
         return 0
     print(f"# {report['machine']['cpu']}, {os.cpu_count()} cores, Python "
-          f"{report['machine']['python']}; medians of {args.runs} runs x {args.duration:g} s")
+          f"{report['machine']['python']}; {args.encoding}; medians of {args.runs} runs x "
+          f"{args.duration:g} s")
     print("| command | conc | client rep/s | p50 µs | p99 µs | floor rep/s | p50 µs | p99 µs "
-          "| client/floor | pipelined floor rep/s |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| client/floor | call_many rep/s | pipelined floor rep/s | call_many/floor |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for key, s in summary.items():
         cmd, n = key.split("/")
         print(f"| {cmd} | {n} | {s['client_rps']:,.0f} | {s['client_p50_us']:.0f} | "
               f"{s['client_p99_us']:.0f} | {s['floor_rps']:,.0f} | {s['floor_p50_us']:.0f} | "
-              f"{s['floor_p99_us']:.0f} | {s['ratio']:.2f} | {s['pipelined_rps']:,.0f} |")
+              f"{s['floor_p99_us']:.0f} | {s['ratio']:.2f} | {s['client_pipelined_rps']:,.0f} | "
+              f"{s['pipelined_rps']:,.0f} | {s['ratio_pipelined']:.2f} |")
     print(f"\nCLI cold start (median of {args.cold_runs}): siprecctl ng ping "
-          f"{cold['siprecctl_ng_ping_ms']:.1f} ms; rtpengine-ng-client ping "
+          f"{cold['siprecctl_ng_ping_ms']:.1f} ms (without bytecode cache "
+          f"{cold['siprecctl_ng_ping_no_pyc_ms']:.1f} ms); rtpengine-ng-client ping "
           f"{cold['perl_ng_client_ping_ms']:.1f} ms")
     return 0
 

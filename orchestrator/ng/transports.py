@@ -143,6 +143,8 @@ class UdpTransport(Transport):
                 try:
                     family, sockaddr = _resolve(*self.address)
                     s = socket.socket(family, socket.SOCK_DGRAM)
+                    # many replies in flight (a query reply is ~2 kB): room for a burst
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
                     # connected: the kernel only passes us datagrams from this rtpengine
                     s.connect(sockaddr)
                 except OSError as exc:
