@@ -583,9 +583,9 @@ class _Run:
                         aor = c.get("aor")
                         if not _AOR_OK.match(aor):
                             return None
-                        name = c.find(_R_NAME)
-                        if name is not None and name.get(_LANG) is None:
-                            return None
+                        for name in c:  # <name>, at most one; lacking xml:lang is an info
+                            if name.get(_LANG) is None:
+                                return None
             elif tag == PSA or tag == SRA or tag == _R_GROUP:
                 a = _Assoc(el.sourceline)
                 for c in el:
