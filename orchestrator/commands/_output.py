@@ -28,4 +28,5 @@ def print_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], title: st
         table.add_column(c)
     for r in rows:
         table.add_row(*("" if v is None else str(v) for v in r))
-    Console().print(table)
+    # not a terminal (pipe, CI log): don't squeeze columns into 80 characters
+    Console(width=None if sys.stdout.isatty() else 200).print(table)

@@ -19,14 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LabError
+from ..recordings import check_metafile
 from ..render import render_site, write
 from ..render.check import check_kamailio, check_rtpengine_config
 from ..site.model import Site
 from . import sipp
 from .procs import Kamailio, Rtpengine
-
-PCAP_HEADER = 24
-PCAP_RECORD_HEADER = 16
 
 
 @dataclass
@@ -63,27 +61,6 @@ class LabReport:
         d = asdict(self)
         d["ok"] = self.ok
         return d
-
-
-def pcap_packet_count(path: Path) -> int:
-    """Number of packet records in a classic pcap file (raises LabError if unreadable)."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise LabError(f"cannot read {path}: {exc}") from exc
-    if len(data) < PCAP_HEADER:
-        raise LabError(f"{path}: truncated pcap header")
-    order = "<" if data[:4] == b"\xd4\xc3\xb2\xa1" else ">"
-    off, n = PCAP_HEADER, 0
-    import struct
-
-    while off + PCAP_RECORD_HEADER <= len(data):
-        incl = struct.unpack_from(order + "I", data, off + 8)[0]
-        off += PCAP_RECORD_HEADER + incl
-        if off > len(data):
-            break
-        n += 1
-    return n
 
 
 class _Events(threading.Thread):
@@ -220,18 +197,9 @@ def _verify(site: Site, events: list[dict[str, Any]],
             res.problems.append("no recording files")
             out.append(res)
             continue
-        try:
-            res.pcap_packets = pcap_packet_count(pcaps[0])
-        except LabError as exc:
-            res.problems.append(str(exc))
-        if not res.pcap_packets:
-            res.problems.append("pcap holds no packets")
-        lines = [ln for ln in metas[0].read_text(errors="replace").splitlines()
-                 if ln.startswith("call-id:")]
-        keys = [kv.split(":", 1)[0] for kv in lines[-1].split("|")] if lines else []
-        res.metadata_keys = keys
-        missing = [k for k in required if k not in keys]
-        if missing:
-            res.problems.append(f"metadata lacks {', '.join(missing)}")
+        chk = check_metafile(metas[0], required_keys=required)
+        res.pcap_packets = chk.packets
+        res.metadata_keys = list(chk.metadata)
+        res.problems += chk.problems
         out.append(res)
     return out
