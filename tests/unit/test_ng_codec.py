@@ -20,7 +20,6 @@ from orchestrator.ng.codec import (
     json_encode,
     split_cookie,
     text,
-    to_text,
 )
 
 # ----------------------------------------------------------------------------- tables
