@@ -8,10 +8,7 @@ with the edge metadata. Returns a :class:`LabReport`.
 
 from __future__ import annotations
 
-import json
-import socket
 import subprocess
-import threading
 import time
 import urllib.parse
 from dataclasses import asdict, dataclass, field
@@ -24,6 +21,7 @@ from ..render import render_site, write
 from ..render.check import check_kamailio, check_rtpengine_config
 from ..site.model import Site
 from . import sipp
+from .events import EventReader
 from .procs import Kamailio, Rtpengine
 
 
@@ -61,29 +59,6 @@ class LabReport:
         d = asdict(self)
         d["ok"] = self.ok
         return d
-
-
-class _Events(threading.Thread):
-    def __init__(self, addr: tuple[str, int]) -> None:
-        super().__init__(daemon=True)
-        self.sock = socket.create_connection(addr, timeout=5)
-        self.sock.settimeout(None)
-        self.events: list[dict[str, Any]] = []
-
-    def run(self) -> None:
-        buf = b""
-        while True:
-            try:
-                data = self.sock.recv(65536)
-            except OSError:
-                return
-            if not data:
-                return
-            buf += data
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
-                if line.strip():
-                    self.events.append(json.loads(line))
 
 
 def _trunk_addr(uri: str) -> tuple[str, int]:
@@ -136,7 +111,7 @@ def run_lab(site: Site, workdir: Path, *, calls: int = 3, duration_ms: int = 200
             p.wait_ready(15)
         host, port = _trunk_addr(edge.trunk_default.uri)
         uas = sipp.uas(cwd, host, port)
-        events = _Events((edge.evapi.address, edge.evapi.port))
+        events = EventReader((edge.evapi.address, edge.evapi.port))
         events.start()
         time.sleep(0.3)
         sip = edge.listen[0]
@@ -154,7 +129,7 @@ def run_lab(site: Site, workdir: Path, *, calls: int = 3, duration_ms: int = 200
         sipp_exit["opt-out call (sipp uac)"] = opt.wait(timeout)
         time.sleep(1.0)  # rtpengine finalises recordings when the call is destroyed
         results = _verify(site, events.events, rec_dirs)
-        events.sock.close()
+        events.close()
     except subprocess.TimeoutExpired as exc:
         raise LabError(f"sipp did not finish: {exc}") from exc
     finally:

@@ -7,7 +7,6 @@ import json
 import os
 import socket
 import subprocess
-import threading
 import time
 import urllib.parse
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.lab import sipp
+from orchestrator.lab.events import EventReader
 from orchestrator.lab.procs import Kamailio, Rtpengine
 from tests.conftest import ROOT
 
@@ -24,45 +24,6 @@ SIP = ("127.0.0.1", 5060)  # from the lab site (kamailio/edge1/kamailio.cfg)
 NG = ("127.0.0.1", 2223)
 EVAPI = ("127.0.0.1", 8448)
 UAS_PORT = 5080
-
-
-class EventReader(threading.Thread):
-    """Collects the newline-framed JSON events Kamailio relays over evapi."""
-
-    def __init__(self, addr: tuple[str, int]) -> None:
-        super().__init__(daemon=True)
-        self.sock = socket.create_connection(addr, timeout=5)
-        self.sock.settimeout(None)
-        self.events: list[dict] = []
-        self.cond = threading.Condition()
-
-    def run(self) -> None:
-        buf = b""
-        while True:
-            try:
-                data = self.sock.recv(65536)
-            except OSError:
-                return
-            if not data:
-                return
-            buf += data
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
-                if line.strip():
-                    with self.cond:
-                        self.events.append(json.loads(line))
-                        self.cond.notify_all()
-
-    def wait_for(self, pred, timeout: float = 10.0) -> dict:
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while True:
-                for ev in self.events:
-                    if pred(ev):
-                        return ev
-                left = deadline - time.monotonic()
-                assert left > 0, f"no matching event; got {self.events}"
-                self.cond.wait(left)
 
 
 def ng(command: dict) -> dict:
@@ -97,7 +58,7 @@ def lab(tmp_path_factory):
             yield state
         finally:
             sipp.stop(state["uas"])
-            events.sock.close()
+            events.close()
 
 
 def place_call(lab, *, record: str, customer: str, local_port: int, duration_ms: int = 3000):
