@@ -32,16 +32,16 @@ def free_port(proto: str = "udp", host: str = "127.0.0.1") -> int:
 
 
 def ng_ping(host: str, port: int, timeout: float = 0.5) -> bool:
-    """True when an rtpengine answers a bencode NG ping on UDP ``host:port``."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(timeout)
-        cookie = os.urandom(6).hex().encode()
-        try:
-            s.sendto(cookie + b" d7:command4:pinge", (host, port))
-            data = s.recv(65535)
-        except OSError:
-            return False
-        return data.startswith(cookie + b" ") and b"pong" in data
+    """True when an rtpengine answers NG ping on UDP ``host:port``."""
+    from ..errors import SiprecctlError
+    from ..ng import NgClient
+
+    try:
+        with NgClient((host, port), timeout=timeout) as ng:
+            ng.ping()
+    except SiprecctlError:
+        return False
+    return True
 
 
 def tcp_open(host: str, port: int, timeout: float = 0.3) -> bool:

@@ -12,16 +12,15 @@
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import tempfile
-import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import LabError
+from ..errors import KamailioError, LabError
+from ..kamailio import HttpRpcTransport, KamailioClient
 from ..lab.procs import RTPENGINE_BIN, Kamailio, Rtpengine, free_port, kamailio_check, tcp_open
 from ..site.loader import validate_data
 from ..site.model import Site
@@ -145,15 +144,6 @@ def sip_options_ok(host: str, port: int, timeout: float = 2.0) -> bool:
             return False
 
 
-def _rpc(host: str, port: int, method: str, params: list[Any] | None = None) -> Any:
-    body = json.dumps({"jsonrpc": "2.0", "method": method, "params": params or [],
-                       "id": 1}).encode()
-    req = urllib.request.Request(f"http://{host}:{port}/RPC", data=body,
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=5) as resp:
-        return json.loads(resp.read())
-
-
 def smoke(site: Site, workdir: Path) -> list[Finding]:
     """Start every daemon of a loopback variant of ``site``, probe it, stop it."""
     lsite = loopback_variant(site, workdir)
@@ -183,11 +173,12 @@ def smoke(site: Site, workdir: Path) -> list[Finding]:
             try:
                 kam.start()
                 kam.wait_ready(15)
-                version = _rpc(e.jsonrpc.address, e.jsonrpc.port, "core.version")["result"]
-                nodes = _rpc(e.jsonrpc.address, e.jsonrpc.port, "rtpengine.show", ["all"])
-                enabled = [x for x in nodes.get("result", []) if x.get("disabled") == 0]
+                url = f"http://{e.jsonrpc.address}:{e.jsonrpc.port}/RPC"
+                with KamailioClient(HttpRpcTransport(url), timeout=5) as rpc:
+                    version = rpc.version()
+                    nodes = rpc.rtpengine_show()
                 expect = len(lsite.nodes_in_set(e.media_set))
-                in_set = [x for x in enabled if x.get("set") == e.media_set]
+                in_set = [x for x in nodes if not x.disabled and x.set == e.media_set]
                 evapi_ok = tcp_open(e.evapi.address, e.evapi.port)
                 dead = [f"{ls.proto}:{ls.address}:{ls.port}" for ls in e.listen
                         if not (sip_options_ok(ls.address, ls.port) if ls.proto == "udp"
@@ -200,7 +191,7 @@ def smoke(site: Site, workdir: Path) -> list[Finding]:
                 if dead:
                     msg += f"; not answering: {', '.join(dead)}"
                 findings.append(Finding("smoke-kamailio", e.name, ok, msg, str(cfg)))
-            except (LabError, OSError, ValueError, KeyError) as exc:
+            except (LabError, KamailioError, OSError, ValueError) as exc:
                 findings.append(Finding("smoke-kamailio", e.name, False, str(exc), str(cfg)))
     finally:
         for p in reversed(started):

@@ -3,7 +3,6 @@ through rtpengine, local recording on and off. Daemons are shared by the module.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -13,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.errors import NgError
 from orchestrator.lab import sipp
 from orchestrator.lab.events import EventReader
 from orchestrator.lab.procs import Kamailio, Rtpengine
+from orchestrator.ng import NgClient
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
@@ -24,18 +25,6 @@ SIP = ("127.0.0.1", 5060)  # from the lab site (kamailio/edge1/kamailio.cfg)
 NG = ("127.0.0.1", 2223)
 EVAPI = ("127.0.0.1", 8448)
 UAS_PORT = 5080
-
-
-def ng(command: dict) -> dict:
-    """One NG request as JSON over UDP (rtpengine ≥ 10.3 answers JSON with JSON)."""
-    cookie = os.urandom(6).hex()
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(2)
-        s.sendto(f"{cookie} ".encode() + json.dumps(command).encode(), NG)
-        data = s.recv(65535)
-    got_cookie, body = data.split(b" ", 1)
-    assert got_cookie.decode() == cookie
-    return json.loads(body)
 
 
 @pytest.fixture(scope="module")
@@ -68,13 +57,6 @@ def place_call(lab, *, record: str, customer: str, local_port: int, duration_ms:
                             stderr=subprocess.DEVNULL)
 
 
-def packets_per_tag(reply: dict) -> dict[str, int]:
-    out = {}
-    for tag, t in reply["tags"].items():
-        out[tag] = sum(s["stats"]["packets"] for m in t["medias"] for s in m["streams"])
-    return out
-
-
 def wait_file(pattern_dir: Path, needle: str, timeout: float = 10.0) -> Path:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -95,9 +77,8 @@ def test_recorded_call(lab) -> None:
     assert answered["from_display"] == "Lab Caller" and answered["to_tag"]
     assert answered["rtpengine"] == "udp:127.0.0.1:2223"
     time.sleep(1.5)  # media flowing both ways (the UAS echoes)
-    q = ng({"command": "query", "call-id": call_id})
-    assert q["result"] == "ok"
-    per_tag = packets_per_tag(q)
+    with NgClient(NG) as client:
+        per_tag = {t.tag: t.packets for t in client.query(call_id).legs}
     assert set(per_tag) == {answered["from_tag"], answered["to_tag"]}
     assert all(n > 0 for n in per_tag.values()), per_tag
     assert uac.wait(30) == 0, "sipp UAC reported a failed call"
@@ -184,7 +165,8 @@ def test_failed_call_frees_media(lab, how: str) -> None:
                   f"Content-Length: {len(SDP)}\r\n\r\n{SDP}")
         caller.sendto(invite.encode(), SIP)
         req, addr = _recv_request(callee, "INVITE")
-        assert ng({"command": "query", "call-id": call_id})["result"] == "ok"  # anchored
+        with NgClient(NG) as client:
+            client.query(call_id)  # anchored (raises NgError if rtpengine does not know it)
         if how == "busy":
             callee.sendto(_reply(req, "486 Busy Here"), addr)
             expected = 486
@@ -203,8 +185,8 @@ def test_failed_call_frees_media(lab, how: str) -> None:
         failed = lab["events"].wait_for(lambda e: e["event"] == "failed" and
                                         e["call_id"] == call_id)
         assert failed["code"] == expected
-        q = ng({"command": "query", "call-id": call_id})
-        assert q["result"] == "error" and "Unknown call" in q["error-reason"]
+        with NgClient(NG) as client, pytest.raises(NgError, match="Unknown call"):
+            client.query(call_id)
     lab["uas"] = sipp.uas(lab["cwd"], "127.0.0.1", UAS_PORT)
     time.sleep(0.2)
 
