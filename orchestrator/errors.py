@@ -17,7 +17,8 @@ errors (sockets, subprocesses, parsers) are translated at the boundary
     ├── NgProtocolError            malformed NG message (with the offending offset)
     ├── KamailioError              Kamailio JSON-RPC / kamcli problems
     │   ├── KamailioRpcError       the RPC returned an error member (code, message)
-    │   └── KamailioUnreachable    transport failure or timeout
+    │   ├── KamailioUnreachable    transport failure or timeout
+    │   └── EvapiProtocolError     malformed evapi frame or event JSON
     ├── MetadataError              RFC 7865 metadata could not be parsed/built
     ├── SipError                   malformed SIP message, multipart body or SDP
     ├── RecordingError             recording files: unreadable, never modified
@@ -138,6 +139,10 @@ class KamailioUnreachable(KamailioError):
     """Transport failure or timeout talking to Kamailio."""
 
     exit_code = 3
+
+
+class EvapiProtocolError(KamailioError):
+    """A malformed netstring frame or event JSON on an evapi connection."""
 
 
 class MetadataError(SiprecctlError):

@@ -1,13 +1,14 @@
-"""Read the call events a Kamailio edge relays over evapi (newline-framed JSON)."""
+"""Read the call events a Kamailio edge relays over evapi (netstring-framed JSON)."""
 
 from __future__ import annotations
 
-import json
 import socket
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+from ..kamailio.evapi import NetstringDecoder, decode_event
 
 Event = dict[str, Any]
 
@@ -23,7 +24,7 @@ class EventReader(threading.Thread):
         self.cond = threading.Condition()
 
     def run(self) -> None:
-        buf = b""
+        decoder = NetstringDecoder()
         while True:
             try:
                 data = self.sock.recv(65536)
@@ -31,13 +32,10 @@ class EventReader(threading.Thread):
                 return
             if not data:
                 return
-            buf += data
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
-                if line.strip():
-                    with self.cond:
-                        self.events.append(json.loads(line))
-                        self.cond.notify_all()
+            events = [decode_event(frame) for frame in decoder.feed(data)]
+            with self.cond:
+                self.events.extend(events)
+                self.cond.notify_all()
 
     def wait_for(self, pred: Callable[[Event], bool], timeout: float = 10.0) -> Event:
         """The first collected event matching ``pred``; TimeoutError after ``timeout``."""

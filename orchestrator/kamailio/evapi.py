@@ -1,0 +1,225 @@
+"""evapi: Kamailio's event socket. Netstring framing (sans-IO) and a reconnecting client.
+
+The generated config sets ``netstring_format 1``: each event Kamailio relays is framed as
+``<len>:<json>,`` and commands sent back are parsed the same way, so commands written
+back-to-back are split correctly even when TCP delivers them in one read (evapi 5.6 loops
+over the netstrings in its buffer; without netstrings one read is one message).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import EvapiProtocolError, KamailioUnreachable
+
+__all__ = ["EvapiClient", "NetstringDecoder", "encode_netstring"]
+
+log = logging.getLogger(__name__)
+
+MAX_FRAME = 1 << 20  # evapi's own read buffer is far smaller; anything bigger is garbage
+
+
+def encode_netstring(payload: bytes) -> bytes:
+    """``<len>:<payload>,``"""
+    return b"%d:%s," % (len(payload), payload)
+
+
+class NetstringDecoder:
+    """Fed bytes, returns complete payloads. Raises :class:`EvapiProtocolError` on garbage."""
+
+    def __init__(self, max_frame: int = MAX_FRAME) -> None:
+        self._buf = bytearray()
+        self._max = max_frame
+        self.offset = 0  # bytes consumed so far, for error messages
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._buf += data
+        out: list[bytes] = []
+        while True:
+            # evapi tolerates whitespace between frames; so do we
+            start = 0
+            while start < len(self._buf) and self._buf[start] in b" \t\r\n":
+                start += 1
+            del self._buf[:start]
+            self.offset += start
+            colon = self._buf.find(b":", 0, 13)
+            if colon < 0:
+                pending = bytes(self._buf)
+                if pending and (not pending.isdigit() or len(pending) > 12):
+                    self._fail(0, f"expected a netstring length, got {pending[:12]!r}")
+                return out
+            digits = bytes(self._buf[:colon])
+            if not digits.isdigit():
+                self._fail(0, f"bad netstring length {digits[:12]!r}")
+            size = int(digits)
+            if size > self._max:
+                self._fail(0, f"netstring of {size} bytes exceeds {self._max}")
+            end = colon + 1 + size
+            if len(self._buf) < end + 1:
+                return out
+            if self._buf[end] != ord(","):
+                self._fail(end, "netstring does not end with ','")
+            out.append(bytes(self._buf[colon + 1:end]))
+            del self._buf[:end + 1]
+            self.offset += end + 1
+
+    def _fail(self, at: int, msg: str) -> None:
+        pos = self.offset + at
+        self._buf.clear()
+        raise EvapiProtocolError(f"evapi: {msg} (at offset {pos})")
+
+
+def decode_event(payload: bytes) -> dict[str, Any]:
+    """One event's JSON object; :class:`EvapiProtocolError` when it is not one."""
+    try:
+        doc = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EvapiProtocolError(f"evapi: event is not JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise EvapiProtocolError(f"evapi: event is a JSON {type(doc).__name__}, not an object")
+    return doc
+
+
+class EvapiClient:
+    """One TCP connection to an edge's evapi socket, kept up with backoff.
+
+    ``on_event(event)`` runs in the reader thread for every event (keep it short: hand work
+    to other threads). ``on_state(connected)`` reports connection changes. :meth:`send` is
+    thread-safe and raises :class:`KamailioUnreachable` while disconnected.
+    """
+
+    def __init__(self, addr: tuple[str, int], on_event: Callable[[dict[str, Any]], None], *,
+                 on_state: Callable[[bool], None] | None = None, name: str = "evapi",
+                 connect_timeout: float = 2.0, backoff: tuple[float, float] = (0.1, 5.0)) -> None:
+        self.addr = addr
+        self.name = name
+        self._on_event = on_event
+        self._on_state = on_state
+        self._connect_timeout = connect_timeout
+        self._backoff = backoff
+        self._sock: socket.socket | None = None
+        self._send_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._connected = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.reconnects = 0
+        self.malformed = 0
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"evapi-{self.name}", daemon=True)
+        self._thread.start()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    def send(self, command: dict[str, Any]) -> None:
+        """Send one JSON command (one netstring)."""
+        frame = encode_netstring(json.dumps(command, separators=(",", ":")).encode())
+        with self._send_lock:
+            sock = self._sock
+            if sock is None or not self._connected.is_set():
+                raise KamailioUnreachable(f"evapi {self.addr[0]}:{self.addr[1]} not connected")
+            try:
+                sock.sendall(frame)
+            except OSError as exc:
+                raise KamailioUnreachable(f"evapi {self.addr[0]}:{self.addr[1]}: {exc}") from exc
+
+    def close(self) -> None:
+        self._stop.set()
+        sock = self._sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(2.0)
+
+    def _set_state(self, up: bool) -> None:
+        if up:
+            self._connected.set()
+        else:
+            self._connected.clear()
+        if self._on_state is not None:
+            try:
+                self._on_state(up)
+            except Exception:  # a metrics hook must not kill the reader
+                log.exception("evapi %s: state callback failed", self.name)
+
+    def _run(self) -> None:
+        delay = self._backoff[0]
+        first = True
+        while not self._stop.is_set():
+            try:
+                sock = socket.create_connection(self.addr, timeout=self._connect_timeout)
+            except OSError as exc:
+                log.warning("evapi %s: cannot connect to %s:%d: %s (retry in %.1f s)",
+                            self.name, *self.addr, exc, delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, self._backoff[1])
+                continue
+            sock.settimeout(None)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._sock = sock
+            if not first:
+                self.reconnects += 1
+            first = False
+            delay = self._backoff[0]
+            log.info("evapi %s: connected to %s:%d", self.name, *self.addr)
+            self._set_state(True)
+            self._read(sock)
+            self._set_state(False)
+            with contextlib.suppress(OSError):
+                sock.close()
+            self._sock = None
+            if not self._stop.is_set():
+                log.warning("evapi %s: connection to %s:%d lost", self.name, *self.addr)
+
+    def _read(self, sock: socket.socket) -> None:
+        decoder = NetstringDecoder()
+        while not self._stop.is_set():
+            try:
+                data = sock.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            try:
+                frames = decoder.feed(data)
+            except EvapiProtocolError as exc:
+                self.malformed += 1
+                log.error("%s; dropping the connection", exc)
+                return
+            for frame in frames:
+                try:
+                    event = decode_event(frame)
+                except EvapiProtocolError as exc:
+                    self.malformed += 1
+                    log.error("%s", exc)
+                    continue
+                try:
+                    self._on_event(event)
+                except Exception:
+                    log.exception("evapi %s: event handler failed for %s", self.name,
+                                  event.get("event"))
+
+
+def wait_until(pred: Callable[[], bool], timeout: float, step: float = 0.02) -> bool:
+    """Poll ``pred`` until true or ``timeout``; returns the last result."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if pred():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(step)
