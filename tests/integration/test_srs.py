@@ -1,0 +1,519 @@
+"""The reference SRS driven by a small test SRC over raw UDP and TCP sockets on loopback.
+
+The SRC builds its SIPREC INVITE with the project's builders (``recording_from_call``,
+``build_metadata``, ``build_siprec_body``) and checks the SRS's answers on the wire; the
+session records, JSON files, pcaps and WAVs are checked after each call.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import socket
+import struct
+import time
+import wave
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from orchestrator.lab.procs import free_port
+from orchestrator.lab.srs import Behaviour, SrsConfig, SrsServer, SrsSession
+from orchestrator.recordings.pcap import summarize_pcap
+from orchestrator.siprec import (
+    CallInfo,
+    Recording,
+    build_metadata,
+    build_siprec_body,
+    hold_update,
+    parse_name_addr,
+    parse_sdp,
+    parse_sip_message,
+    recording_from_call,
+)
+from orchestrator.siprec.multipart import parse_multipart
+from orchestrator.siprec.sip import SipMessage
+
+pytestmark = pytest.mark.integration
+
+HOST = "127.0.0.1"
+TIMERS = {"t1": 0.05, "t2": 0.4, "timer_b": 1.0}
+
+
+# --------------------------------------------------------------------------- the test SRC
+
+def offer_sdp(version: int = 1, directions: tuple[str, ...] = ("sendonly", "sendonly"),
+              labels: tuple[str, ...] = ("1", "2")) -> bytes:
+    lines = ["v=0", f"o=- 4242 {version} IN IP4 {HOST}", "s=-", f"c=IN IP4 {HOST}", "t=0 0"]
+    for i, (label, direction) in enumerate(zip(labels, directions, strict=True)):
+        lines += [f"m=audio {30000 + 2 * i} RTP/AVP 0 101", "a=rtpmap:0 PCMU/8000",
+                  "a=rtpmap:101 telephone-event/8000", f"a=label:{label}", f"a={direction}"]
+    return ("\r\n".join(lines) + "\r\n").encode()
+
+
+def snapshot() -> Recording:
+    call = CallInfo(from_header='"Alice" <sip:alice@example.com>;tag=ft1',
+                    to_header="<sip:bob@example.com>;tag=tt1", from_tag="ft1", to_tag="tt1",
+                    start_time=datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC))
+    return recording_from_call(call, {"media-labels": {"1": {"tag": "ft1"},
+                                                       "2": {"tag": "tt1"}}})
+
+
+def rtp(seq: int, ssrc: int, pt: int = 0) -> bytes:
+    return struct.pack("!BBHII", 0x80, pt, seq, seq * 160, ssrc) + b"\xff" * 160
+
+
+class Src:
+    """A minimal SRC: one socket, hand-built requests, responses read back and parsed."""
+
+    def __init__(self, srs: SrsServer, transport: str = "udp") -> None:
+        self.srs = srs
+        self.transport = transport
+        if transport == "udp":
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self.sock.bind((HOST, 0))
+        else:
+            self.sock = socket.create_connection((HOST, srs.port), timeout=2)
+        self.port = self.sock.getsockname()[1]
+        self.buf = b""
+        self.call_id = "siprec-" + secrets.token_hex(8)
+        self.from_tag = secrets.token_hex(4)
+        self.to_tag: str | None = None
+        self.cseq = 0
+        self.rec = snapshot()  # the metadata model of this SRC's call
+        self.contact_uri = f"sip:siprec-src@{HOST}:{self.port}" + \
+            (";transport=tcp" if transport == "tcp" else "")
+
+    def close(self) -> None:
+        self.sock.close()
+
+    # -- wire
+
+    def send(self, data: bytes) -> None:
+        if self.transport == "udp":
+            self.sock.sendto(data, (HOST, self.srs.port))
+        else:
+            self.sock.sendall(data)
+
+    def recv(self, timeout: float = 2.0) -> SipMessage:
+        """The next message; TimeoutError if none arrives in time."""
+        self.sock.settimeout(timeout)
+        if self.transport == "udp":
+            try:
+                data = self.sock.recv(65535)
+            except TimeoutError:
+                raise TimeoutError("no SIP message from the SRS") from None
+            return parse_sip_message(data)
+        deadline = time.monotonic() + timeout
+        while True:
+            m = re.search(rb"\r\n\r\n", self.buf)
+            if m is not None:
+                cl = re.search(rb"(?im)^content-length:\s*(\d+)", self.buf[:m.start()])
+                total = m.end() + (int(cl.group(1)) if cl else 0)
+                if len(self.buf) >= total:
+                    data, self.buf = self.buf[:total], self.buf[total:]
+                    return parse_sip_message(data)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("no SIP message from the SRS")
+            self.sock.settimeout(remaining)
+            try:
+                chunk = self.sock.recv(65535)
+            except TimeoutError:
+                raise TimeoutError("no SIP message from the SRS") from None
+            if not chunk:
+                raise TimeoutError("the SRS closed the connection")
+            self.buf += chunk
+
+    def expect(self, status: int | None = None, method: str | None = None,
+               timeout: float = 2.0) -> SipMessage:
+        """The next message, which must have this status or method (skipping nothing)."""
+        msg = self.recv(timeout)
+        if status is not None:
+            assert msg.status == status, msg.start_line
+        if method is not None:
+            assert msg.method == method, msg.start_line
+        return msg
+
+    def request(self, method: str, *, body: bytes = b"", ctype: str | None = None,
+                headers: list[tuple[str, str]] | None = None, cseq: int | None = None,
+                branch: str | None = None, in_dialog: bool = True) -> str:
+        """Send a request; returns its branch."""
+        if cseq is None:
+            self.cseq += 1
+            cseq = self.cseq
+        branch = branch or "z9hG4bK" + secrets.token_hex(6)
+        to = f"<{self.srs.uri}>"
+        if in_dialog and self.to_tag:
+            to += f";tag={self.to_tag}"
+        uri = self.srs.uri + (";transport=tcp" if self.transport == "tcp" else "")
+        lines = [f"{method} {uri} SIP/2.0",
+                 f"Via: SIP/2.0/{self.transport.upper()} {HOST}:{self.port};branch={branch};rport",
+                 "Max-Forwards: 70", f"From: <sip:siprec-src@{HOST}>;tag={self.from_tag}",
+                 f"To: {to}", f"Call-ID: {self.call_id}", f"CSeq: {cseq} {method}",
+                 f"Contact: <{self.contact_uri}>;+sip.src"]
+        lines += [f"{n}: {v}" for n, v in headers or []]
+        if body:
+            lines.append(f"Content-Type: {ctype or 'application/sdp'}")
+        lines.append(f"Content-Length: {len(body)}")
+        self.send(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        return branch
+
+    def invite(self, *, sdp: bytes | None = None, metadata: bytes | None = None,
+               require: bool = True, branch: str | None = None) -> str:
+        ctype, body = build_siprec_body(sdp or offer_sdp(),
+                                        metadata if metadata is not None
+                                        else build_metadata(self.rec))
+        headers = [("Accept", "application/sdp, application/rs-metadata+xml, "
+                              "application/rs-metadata-request")]
+        if require:
+            headers.insert(0, ("Require", "siprec"))
+        return self.request("INVITE", body=body, ctype=ctype, headers=headers, branch=branch,
+                            in_dialog=False)
+
+    def ack(self, cseq: int | None = None, branch: str | None = None) -> None:
+        self.request("ACK", cseq=cseq or self.cseq, branch=branch)
+
+    def answer(self, req: SipMessage, code: int = 200, body: bytes = b"") -> None:
+        """Answer a request from the SRS (Via/From/To/Call-ID/CSeq copied)."""
+        lines = [f"SIP/2.0 {code} OK"]
+        lines += [f"Via: {v}" for v in req.header_all("via")]
+        lines += [f"From: {req.header('from')}", f"To: {req.header('to')}",
+                  f"Call-ID: {req.header('call-id')}", f"CSeq: {req.header('cseq')}",
+                  f"Contact: <{self.contact_uri}>;+sip.src"]
+        if body:
+            lines.append("Content-Type: application/sdp")
+        lines.append(f"Content-Length: {len(body)}")
+        self.send(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+
+    def establish(self) -> SipMessage:
+        """INVITE → 100 → 200 → ACK; returns the 200."""
+        self.invite()
+        self.expect(100)
+        ok = self.expect(200)
+        self.to_tag = parse_name_addr(ok.header("to") or "").param("tag")
+        self.ack()
+        return ok
+
+
+def answered_ports(msg: SipMessage) -> dict[str, int]:
+    sdp = parse_sdp(msg.body)
+    return {m.label or "": m.port for m in sdp.media}
+
+
+def directions(msg: SipMessage) -> dict[str, str]:
+    sdp = parse_sdp(msg.body)
+    return {m.label or "": sdp.effective_direction(m) for m in sdp.media}
+
+
+@pytest.fixture
+def make_srs(tmp_path: Path) -> Iterator[Callable[..., SrsServer]]:
+    servers: list[SrsServer] = []
+
+    def make(transports: tuple[str, ...] = ("udp", "tcp"), **behaviour: object) -> SrsServer:
+        base = free_port("udp") & ~1
+        cfg = SrsConfig(address=HOST, port=free_port("udp"), transports=transports,
+                        record_dir=tmp_path / "rec", rtp_address=HOST, rtp_port_min=base,
+                        rtp_port_max=min(base + 60, 65534), name="srs1",
+                        behaviour=Behaviour(**behaviour), **TIMERS)  # type: ignore[arg-type]
+        srs = SrsServer(cfg)
+        try:
+            srs.start()
+        except Exception:  # the free port was taken meanwhile: one retry on port 0
+            srs = SrsServer(SrsConfig(**{**cfg.__dict__, "port": 0}))
+            srs.start()
+        servers.append(srs)
+        return srs
+
+    yield make
+    for s in servers:
+        s.stop()
+
+
+def one(srs: SrsServer, pred: Callable[[SrsSession], bool], timeout: float = 2.0) -> SrsSession:
+    sessions = srs.wait_for(lambda ss: len(ss) == 1 and pred(ss[0]), timeout)
+    return sessions[0]
+
+
+# --------------------------------------------------------------------------- tests
+
+def test_basic_flow_pause_and_bye_over_udp(make_srs: Callable[..., SrsServer]) -> None:
+    srs = make_srs()
+    src = Src(srs)
+    ok = src.establish()
+    # RFC 7866 §6.1.1 / §7.1.1: +sip.srs Contact, one recvonly m-line per offered one
+    assert re.search(r"<sip:srs@127\.0\.0\.1:\d+>;\+sip\.srs", ok.header("contact") or "")
+    assert src.to_tag
+    ports = answered_ports(ok)
+    assert list(ports) == ["1", "2"]
+    assert directions(ok) == {"1": "recvonly", "2": "recvonly"}
+    assert all(srs.config.rtp_port_min <= p <= srs.config.rtp_port_max for p in ports.values())
+    assert "a=rtpmap:0 PCMU/8000" in ok.body.decode()
+    one(srs, lambda s: s.acked_at is not None)
+
+    media = {lb: socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for lb in ports}
+    for i, (lb, s) in enumerate(media.items()):
+        for seq in range(5):
+            s.sendto(rtp(seq, 1000 + i), (HOST, ports[lb]))
+    s1 = one(srs, lambda s: all(st.packets == 5 for st in s.labels.values()))
+    assert s1.labels["1"].ssrcs == [1000] and s1.labels["2"].ssrcs == [1001]
+
+    # pause stream 2 (RFC 7866 §7.1.1.1) with a partial metadata update
+    callee = src.rec.participants[1].participant_id
+    ctype, body = build_siprec_body(offer_sdp(2, ("sendonly", "inactive")),
+                                    build_metadata(hold_update(src.rec, callee), check=False))
+    src.request("INVITE", body=body, ctype=ctype)
+    re_ok = src.expect(200)
+    assert directions(re_ok) == {"1": "recvonly", "2": "inactive"}
+    assert answered_ports(re_ok) == ports  # same ports for the same m-lines
+    src.ack()
+    time.sleep(0.1)  # nothing sent while paused: nothing must be counted
+    paused = one(srs, lambda s: len(s.reinvites) == 1)
+    assert paused.labels["2"].direction == "inactive"
+    assert paused.labels["2"].packets_while_inactive == 0
+    for seq in range(5, 8):
+        media["2"].sendto(rtp(seq, 1001), (HOST, ports["2"]))
+    one(srs, lambda s: s.labels["2"].packets_while_inactive == 3)
+
+    src.request("BYE")
+    src.expect(200)
+    done = one(srs, lambda s: s.state == "terminated")
+    for s in media.values():
+        s.close()
+    src.close()
+
+    assert done.bye_from == "src"
+    assert done.labels["2"].packets == 5  # the leaked packets are not recorded
+    assert [m for m, _ in done.metadata_docs] == ["complete", "partial"]
+    assert done.reinvites[0]["directions"] == {"1": "recvonly", "2": "inactive"}
+    assert done.reinvites[0]["datamode"] == "partial"
+    assert not [f for f in done.sip_findings if f.severity == "error"], done.sip_findings
+    assert not [f for f in done.metadata_findings if f.severity == "error"], \
+        done.metadata_findings
+    assert done.labels["1"].participants[0]["aor"] == "sip:alice@example.com"
+    record = json.loads(Path(done.json_path or "").read_text())
+    assert record["packets"] == {"1": 5, "2": 5}
+    assert record["labels"]["2"]["packets_while_inactive"] == 3
+    assert record["state"] == "terminated"
+    pcap = summarize_pcap(Path(done.labels["1"].pcap_path or "").read_bytes())
+    assert pcap.linktype == 101 and pcap.packets == 5 and not pcap.truncated
+    assert pcap.dst_ports == {ports["1"]: 5}
+    with wave.open(done.labels["1"].wav_path or "") as w:
+        assert (w.getnchannels(), w.getsampwidth(), w.getframerate()) == (1, 2, 8000)
+        assert w.getnframes() == 5 * 160
+
+
+def test_basic_flow_over_tcp(make_srs: Callable[..., SrsServer]) -> None:
+    srs = make_srs()
+    src = Src(srs, "tcp")
+    ok = src.establish()
+    assert re.search(r"<sip:srs@127\.0\.0\.1:\d+;transport=tcp>;\+sip\.srs",
+                     ok.header("contact") or "")
+    ports = answered_ports(ok)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for seq in range(4):
+            s.sendto(rtp(seq, 7), (HOST, ports["1"]))
+    one(srs, lambda s: s.labels["1"].packets == 4)
+    src.request("BYE")
+    src.expect(200)
+    done = one(srs, lambda s: s.state == "terminated")
+    src.close()
+    assert done.transport == "tcp"
+    assert json.loads(Path(done.json_path or "").read_text())["packets"] == {"1": 4, "2": 0}
+
+
+def test_200_is_retransmitted_until_ack(make_srs: Callable[..., SrsServer]) -> None:
+    srs = make_srs()
+    src = Src(srs)
+    branch = src.invite()
+    src.expect(100)
+    first = src.expect(200)
+    again = src.expect(200, timeout=0.5)  # T1 = 50 ms
+    assert again.body == first.body
+    # a retransmitted INVITE gets the same final response
+    src.invite(branch=branch)
+    src.cseq = 1
+    assert src.expect(200, timeout=0.5).header("to") == first.header("to")
+    src.to_tag = parse_name_addr(first.header("to") or "").param("tag")
+    src.ack(cseq=1)
+    one(srs, lambda s: s.acked_at is not None)
+    with pytest.raises(TimeoutError):  # drain what was in flight, then silence
+        while True:
+            src.recv(timeout=0.3)
+    src.close()
+
+
+def test_reject_mode_and_timer_g(make_srs: Callable[..., SrsServer]) -> None:
+    srs = make_srs(reject=503)
+    src = Src(srs)
+    branch = src.invite()
+    src.expect(100)
+    first = src.expect(503)
+    assert parse_name_addr(first.header("to") or "").param("tag")
+    src.expect(503, timeout=0.5)  # retransmitted until the ACK (RFC 3261 §17.2.1)
+    src.to_tag = parse_name_addr(first.header("to") or "").param("tag")
+    src.ack(cseq=1, branch=branch)
+    s = one(srs, lambda s: s.state == "rejected")
+    assert s.final_status == 503
+    with pytest.raises(TimeoutError):
+        while True:
+            src.recv(timeout=0.4)
+    src.close()
+    assert Path(s.json_path or "").exists()
+
+
+def test_no_answer_mode(make_srs: Callable[..., SrsServer]) -> None:
+    srs = make_srs(no_answer=True)
+    src = Src(srs)
+    src.invite()
+    with pytest.raises(TimeoutError):
+        src.recv(timeout=1.0)
+    s = one(srs, lambda s: s.ignored)
+    assert s.state == "early"
+    src.close()
+
+
+def test_answer_delay(make_srs: Callable[..., SrsServer]) -> None:
+    srs = make_srs(answer_delay=0.3)
+    src = Src(srs)
+    t0 = time.monotonic()
+    src.invite()
+    src.expect(100)
+    ringing = src.expect(180)
+    ok = src.expect(200, timeout=2)
+    assert time.monotonic() - t0 >= 0.3
+    assert ringing.header("to") == ok.header("to")  # same To-tag
+    src.to_tag = parse_name_addr(ok.header("to") or "").param("tag")
+    src.ack()
+    one(srs, lambda s: s.state == "confirmed" and s.acked_at is not None)
+    src.close()
+
+
+def test_cancel(make_srs: Callable[..., SrsServer]) -> None:
+    srs = make_srs(answer_delay=5.0)
+    src = Src(srs)
+    branch = src.invite()
+    src.expect(100)
+    src.expect(180)
+    src.request("CANCEL", cseq=1, branch=branch, in_dialog=False)
+    replies = {m.header("cseq"): m.status for m in (src.recv(), src.recv())}
+    assert replies == {"1 CANCEL": 200, "1 INVITE": 487}
+    src.ack(cseq=1, branch=branch)
+    s = one(srs, lambda s: s.state == "cancelled")
+    assert s.final_status == 487 and s.labels == {}
+    src.close()
+
+
+def test_bye_after(make_srs: Callable[..., SrsServer]) -> None:
+    srs = make_srs(bye_after=0.2)
+    src = Src(srs)
+    src.establish()
+    bye = src.expect(method="BYE")
+    assert bye.start_line == f"BYE {src.contact_uri} SIP/2.0"
+    assert parse_name_addr(bye.header("from") or "").param("tag") == src.to_tag
+    assert parse_name_addr(bye.header("to") or "").param("tag") == src.from_tag
+    assert bye.header("call-id") == src.call_id
+    assert re.search(r"branch=z9hG4bK", bye.header("via") or "")
+    src.answer(bye)
+    s = one(srs, lambda s: s.bye_status == 200)
+    assert s.state == "terminated" and s.bye_from == "srs"
+    src.close()
+
+
+def test_snapshot_after(make_srs: Callable[..., SrsServer]) -> None:
+    srs = make_srs(snapshot_after=0.2)
+    src = Src(srs)
+    src.establish()
+    req = src.expect(method="INVITE")
+    ctype = req.header("content-type") or ""
+    parts, problems = parse_multipart(ctype, req.body)
+    assert not problems
+    kinds = {p.content_type: p for p in parts}
+    assert set(kinds) == {"application/sdp", "application/rs-metadata-request"}
+    assert kinds["application/rs-metadata-request"].disposition == "recording-session"
+    assert b"requestsnapshot" in kinds["application/rs-metadata-request"].body
+    assert directions(SipMessage("", (), kinds["application/sdp"].body, 1, None)) == \
+        {"1": "recvonly", "2": "recvonly"}
+    src.answer(req, body=offer_sdp(1))
+    ack = src.expect(method="ACK")
+    assert ack.header("cseq") == req.header("cseq").replace("INVITE", "ACK")  # type: ignore[union-attr]
+    s = one(srs, lambda s: s.snapshot_requests_sent == 1 and len(s.reinvites) == 1)
+    assert not s.snapshot_received_after_request
+    # RFC 7866 §9.2: the SRC sends a complete snapshot in a new request
+    ctype2, body2 = build_siprec_body(offer_sdp(2), build_metadata(src.rec))
+    src.request("UPDATE", body=body2, ctype=ctype2)
+    src.expect(200)
+    s = one(srs, lambda s: s.snapshot_received_after_request)
+    assert [m for m, _ in s.metadata_docs] == ["complete", "complete"]
+    src.close()
+
+
+def test_refresh_after(make_srs: Callable[..., SrsServer]) -> None:
+    srs = make_srs(refresh_after=0.2)
+    src = Src(srs)
+    ok = src.establish()
+    req = src.expect(method="INVITE")
+    assert req.header("content-type") == "application/sdp"
+    assert req.body == ok.body  # an unchanged SDP keeps its o= version (RFC 3264 §8)
+    assert (req.header("contact") or "").endswith(";+sip.srs")
+    src.answer(req, body=offer_sdp(1))
+    src.expect(method="ACK")
+    s = one(srs, lambda s: len(s.reinvites) == 1)
+    assert s.reinvites[0]["from"] == "srs" and s.reinvites[0]["status"] == 200
+    assert s.state == "confirmed"
+    src.close()
+
+
+def test_unanswered_refresh_ends_with_bye(make_srs: Callable[..., SrsServer]) -> None:
+    srs = make_srs(refresh_after=0.05)
+    src = Src(srs)
+    src.establish()
+    first = src.expect(method="INVITE")
+    again = src.expect(method="INVITE", timeout=0.5)  # Timer A
+    assert again.header("via") == first.header("via")
+    bye = None
+    deadline = time.monotonic() + 3
+    while bye is None and time.monotonic() < deadline:  # after Timer B (1 s here)
+        msg = src.recv(timeout=3)
+        bye = msg if msg.method == "BYE" else None
+    assert bye is not None
+    src.answer(bye)
+    s = one(srs, lambda s: s.bye_status == 200)
+    assert any(f.rule == "S05" for f in s.sip_findings)
+    src.close()
+
+
+def test_missing_require_gets_420(make_srs: Callable[..., SrsServer]) -> None:
+    srs = make_srs()
+    src = Src(srs)
+    src.invite(require=False)
+    src.expect(100)
+    src.expect(420)
+    s = one(srs, lambda s: s.state == "rejected")
+    assert s.final_status == 420
+    assert any(f.rule == "R01" for f in s.sip_findings)
+    src.close()
+
+
+def test_malformed_and_unknown_requests(make_srs: Callable[..., SrsServer]) -> None:
+    srs = make_srs()
+    src = Src(srs)
+    src.send(b"\x00\x01 not SIP at all")
+    bad = (f"OPTIONS {srs.uri} SIP/2.0\r\nVia: SIP/2.0/UDP {HOST}:{src.port};branch=z9hG4bKx1\r\n"
+           f"From: <sip:a@{HOST}>;tag=1\r\nTo: <{srs.uri}>\r\nCall-ID: bad1\r\n"
+           "CSeq: 1 OPTIONS\r\nthis line is broken\r\nContent-Length: 0\r\n\r\n").encode()
+    src.send(bad)
+    assert src.expect(400).header("call-id") == "bad1"
+    src.request("OPTIONS", in_dialog=False)
+    assert src.expect(200).header("allow")
+    src.request("BYE", in_dialog=False)
+    src.expect(481)
+    src.establish()
+    src.request("INFO")
+    src.expect(405)
+    src.request("FOO")
+    src.expect(501)
+    src.close()
