@@ -28,6 +28,7 @@ import platform
 import shutil
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -124,11 +125,16 @@ def _datagrams(command: str, thread: int, count: int) -> list[bytes]:
 
 
 def _raw_socket(addr: tuple[str, int], timeout: float) -> socket.socket:
-    """The client's socket pattern: connected UDP, 1 MiB receive buffer."""
+    """The client's socket pattern: connected UDP, 1 MiB receive buffer, blocking, with the
+    receive timeout in the kernel (SO_RCVTIMEO). Not Python's ``settimeout``: that polls
+    before every send and recv, and with many threads blocked on one socket every datagram
+    wakes all of them (the threaded floor then collapses at concurrency 64)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
     sock.connect(addr)
-    sock.settimeout(timeout)
+    usec = int(timeout * 1e6)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                    struct.pack("@ll", usec // 1_000_000, usec % 1_000_000))
     return sock
 
 
@@ -147,7 +153,7 @@ def bench_floor(addr: tuple[str, int], command: str, n: int, duration: float,
             send(dgrams[done])
             try:
                 recv(65535)
-            except TimeoutError:  # lost: no retransmission in the floor, move on
+            except BlockingIOError:  # lost: no retransmission in the floor, move on
                 done += 1
                 continue
             lat.append(pc() - t)
@@ -173,7 +179,7 @@ def bench_pipelined(addr: tuple[str, int], command: str, window: int, duration: 
     while got < sent:
         try:
             sock.recv(65535)
-        except TimeoutError:
+        except BlockingIOError:
             break  # a lost datagram ends the run (no retransmission in the floor)
         got += 1
         if sent < total and time.perf_counter() < end:

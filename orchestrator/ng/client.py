@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Self
 
-from ..errors import NgError, NgOverloaded, NgProtocolError, NgUnsupported
+from ..errors import NgError, NgOverloaded, NgProtocolError, NgTimeout, NgUnsupported
 from .codec import CookieJar, Encoding, NgDict, bencode_encode, decode_body, json_encode, text
 from .reply import Reply
 from .transports import Transport, _log
@@ -156,23 +156,23 @@ class NgClient:
         """Many commands at once, pipelined over UDP (up to ``window`` in flight from this
         thread; other transports send them in turn). Each result is a :class:`Reply` or
         the :class:`~orchestrator.errors.SiprecctlError` that command raised."""
-        reqs = list(requests)
+        commands: list[str] = []
         items = []
-        for command, params in reqs:
+        for command, params in requests:
             cookie = self._cookies.next()
             items.append((cookie, cookie + b" " + self._message(command, params, {})))
-        raws = self.transport.request_many(items, self.timeout if timeout is None else timeout,
-                                           window)
-        out: list[Reply | Exception] = []
-        for (command, _), raw in zip(reqs, raws, strict=True):
-            if isinstance(raw, Exception):
-                out.append(raw)
-                continue
+            commands.append(command)
+
+        def decode(k: int, body: bytes) -> Reply | Exception:
+            # runs as each reply arrives, while rtpengine works on the next requests
             try:
-                out.append(self._check(command, decode_body(raw)[0]))
+                return self._check(commands[k], decode_body(body)[0])
             except (NgError, NgProtocolError) as exc:
-                out.append(exc)
-        return out
+                return exc
+
+        out = self.transport.request_many(items, self.timeout if timeout is None else timeout,
+                                          window, decode)
+        return [NgTimeout("no reply") if r is None else r for r in out]
 
     def _check(self, command: str, data: NgDict) -> Reply:
         result = data.get(b"result")

@@ -14,6 +14,8 @@ encodes and decodes. ``request(cookie, message, timeout)`` returns the reply's *
 from __future__ import annotations
 
 import socket
+import struct
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -40,15 +42,19 @@ class Transport:
         raise NotImplementedError
 
     def request_many(self, items: list[tuple[bytes, bytes]], timeout: float,
-                     window: int = 64) -> list[bytes | Exception]:
-        """Several requests; each result is a reply body or the exception it raised.
-        The base implementation sends them one after another."""
-        out: list[bytes | Exception] = []
-        for cookie, message in items:
+                     window: int = 64,
+                     decode: Callable[[int, bytes], Any] | None = None) -> list[Any]:
+        """Several requests; each result is a reply body (or ``decode(index, body)`` if
+        given) or the transport/protocol exception that request raised. The base
+        implementation sends them one after another."""
+        out: list[Any] = []
+        for k, (cookie, message) in enumerate(items):
             try:
-                out.append(self.request(cookie, message, timeout))
+                body = self.request(cookie, message, timeout)
             except (NgTransportError, NgProtocolError) as exc:
                 out.append(exc)
+                continue
+            out.append(body if decode is None else decode(k, body))
         return out
 
     def close(self) -> None:
@@ -86,28 +92,46 @@ def _resolve(host: str, port: int) -> tuple[int, Any]:
 
 
 class _Waiter:
-    """One request in flight. ``wake`` (a pre-acquired lock) is released to wake its caller,
-    either because its reply arrived or because it should take over reading the socket."""
+    """One request in flight. ``wake`` is a binary semaphore (a lock that starts acquired):
+    releasing it wakes the caller, because its reply arrived or because it should take over
+    reading the socket. A second release before the caller woke is a no-op."""
 
-    __slots__ = ("reply", "signalled", "wake")
+    __slots__ = ("reply", "wake")
 
     def __init__(self) -> None:
         self.reply: bytes | None = None
         self.wake = threading.Lock()
         self.wake.acquire()
-        self.signalled = False
+
+
+def _wake(w: _Waiter) -> None:
+    try:
+        w.wake.release()
+    except RuntimeError:  # already released, not yet consumed: the caller will wake anyway
+        pass
+
+
+# SO_RCVTIMEO as a struct timeval of two C longs: Linux (the kernel rounds up to a jiffy)
+_KERNEL_TIMEOUT = sys.platform.startswith("linux") and hasattr(socket, "SO_RCVTIMEO")
+_TIMEVAL = struct.Struct("@ll")
+_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 
 
 class UdpTransport(Transport):
     """NG over UDP (rtpengine ``listen-ng``): one connected socket shared by all threads.
 
     Leader/follower: the first waiting caller reads the socket and hands each reply to its
-    owner by cookie; when it leaves, it wakes another waiting caller to take over. A lone
-    caller therefore reads its own reply without a thread switch. Unanswered requests are
-    sent again -- same cookie, same bytes, so rtpengine's cookie cache answers a duplicate
-    without executing it twice (``cookie_cache.c``) -- after ``first_retry`` seconds, then
-    with the interval multiplied by ``backoff`` (capped at ``max_retry``), until the
-    request's timeout expires (:class:`NgTimeout`).
+    owner by cookie (the reply goes into the owner's slot, and the owner is woken); when it
+    leaves, it wakes the newest caller still waiting so that it takes over. A lone caller
+    therefore reads its own reply without a thread switch, and no thread sits idle in
+    ``recv``. Unanswered requests are sent again -- same cookie, same bytes, so rtpengine's
+    cookie cache answers a duplicate without executing it twice (``cookie_cache.c``) --
+    after ``first_retry`` seconds, then with the interval multiplied by ``backoff`` (capped
+    at ``max_retry``), until the request's timeout expires (:class:`NgTimeout`).
+
+    The socket stays in blocking mode: a receive timeout is set in the kernel
+    (``SO_RCVTIMEO``) instead of Python's socket timeout, which would add a ``poll`` before
+    every ``send`` and ``recv`` (two syscalls, two GIL releases).
     """
 
     kind = "udp"
@@ -122,11 +146,13 @@ class UdpTransport(Transport):
         self.max_retry = max_retry
         self.bufsize = bufsize  # rtpengine: MAX_UDP_LENGTH 0xffff
         self.retransmissions = 0  # total, for diagnostics and tests
-        self._mutex = threading.Lock()
-        self._reader = threading.Lock()
-        self._pending: dict[bytes, _Waiter] = {}
+        self._mutex = threading.Lock()  # socket creation and close
+        self._reader = threading.Lock()  # held by the caller reading the socket (the leader)
+        self._pending: dict[bytes, _Waiter] = {}  # cookie -> waiter (dict ops are atomic)
         self._sock: socket.socket | None = None
         self._closed = False
+        self._kernel_timeout = _KERNEL_TIMEOUT
+        self._armed = -1.0  # SO_RCVTIMEO currently set (seconds); changed by the reader only
 
     @property
     def label(self) -> str:
@@ -147,18 +173,64 @@ class UdpTransport(Transport):
                     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
                     # connected: the kernel only passes us datagrams from this rtpengine
                     s.connect(sockaddr)
+                    s.settimeout(None)  # blocking, whatever socket.setdefaulttimeout says
                 except OSError as exc:
                     raise NgTransportError(f"{self.label}: {exc}") from exc
+                if self._kernel_timeout:
+                    try:
+                        # a send never blocks for long on UDP; this bounds it anyway
+                        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _TIMEVAL.pack(1, 0))
+                        self._arm(s, self.first_retry)
+                    except OSError:  # unexpected struct timeval layout: Python timeouts
+                        self._kernel_timeout = False
                 self._sock = s
             return self._sock
 
+    def _arm(self, sock: socket.socket, seconds: float) -> None:
+        usec = max(int(seconds * 1e6), 1)  # zero would mean "wait forever"
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                        _TIMEVAL.pack(usec // 1_000_000, usec % 1_000_000))
+        self._armed = seconds
+
+    def _recv(self, sock: socket.socket, remaining: float) -> bytes | None:
+        """One datagram, or None if none came within about ``remaining`` seconds (reader
+        only). The kernel timeout is re-armed only when it is off by more than a little."""
+        try:
+            if self._kernel_timeout:
+                armed = self._armed
+                if armed > remaining + 0.001 or armed < remaining * 0.5:
+                    self._arm(sock, remaining)
+                try:
+                    return sock.recv(self.bufsize)
+                except BlockingIOError:  # SO_RCVTIMEO expired
+                    return None
+            sock.settimeout(max(remaining, 1e-6))
+            try:
+                return sock.recv(self.bufsize)
+            except TimeoutError:
+                return None
+        except OSError as exc:
+            raise self._recv_error(exc) from exc
+
+    def _recv_error(self, exc: OSError) -> NgTransportError:
+        if isinstance(exc, ConnectionRefusedError):
+            # ICMP port unreachable on the connected socket: nothing listens there
+            return NgTransportError(f"{self.label}: connection refused (is rtpengine "
+                                    f"listening?)")
+        return NgTransportError(f"{self.label}: receive failed: {exc}")
+
+    def _send(self, sock: socket.socket, message: bytes) -> None:
+        try:
+            sock.send(message)
+        except OSError as exc:
+            raise NgTransportError(f"{self.label}: send failed: {exc}") from exc
+
     def request(self, cookie: bytes, message: bytes, timeout: float) -> bytes:
-        sock = self._socket()
+        sock = self._sock or self._socket()
         w = _Waiter()
-        with self._mutex:
-            if cookie in self._pending:
-                raise ValueError(f"cookie {cookie!r} is already in flight")
-            self._pending[cookie] = w
+        pending = self._pending
+        if pending.setdefault(cookie, w) is not w:
+            raise ValueError(f"cookie {cookie!r} is already in flight")
         try:
             now = _monotonic()
             deadline = now + timeout
@@ -176,128 +248,156 @@ class UdpTransport(Transport):
                     self._send(sock, message)
                     interval = min(interval * self.backoff, self.max_retry)
                     next_send = now + interval
-                until = min(deadline, next_send)
+                until = deadline if deadline < next_send else next_send
                 if self._reader.acquire(False):
                     try:
-                        self._read(sock, w, until)
+                        self._lead(sock, w, until)
                     finally:
                         self._reader.release()
-                        self._handover(w)
-                elif w.wake.acquire(True, until - now):
-                    with self._mutex:
-                        w.signalled = False
-        finally:
-            with self._mutex:
-                self._pending.pop(cookie, None)
-            if not self._reader.locked():
-                self._handover(w)
-
-    def request_many(self, items: list[tuple[bytes, bytes]], timeout: float,
-                     window: int = 64) -> list[bytes | Exception]:
-        """Pipelined: keep up to ``window`` requests in flight from this one thread, each
-        retransmitted and timed out on its own schedule (``timeout`` per request)."""
-        sock = self._socket()
-        results: list[bytes | Exception | None] = [None] * len(items)
-        # cookie -> [index, message, deadline, next_send, interval]
-        inflight: dict[bytes, list[Any]] = {}
-        todo = 0
-        if not self._reader.acquire(True, timeout):
-            raise NgTimeout(f"{self.label}: socket busy for {timeout:g} s")
-        try:
-            next_check = _monotonic() + self.first_retry
-            while todo < len(items) or inflight:
-                now = _monotonic()
-                while todo < len(items) and len(inflight) < window:
-                    cookie, message = items[todo]
-                    if cookie in self._pending or cookie in inflight:
-                        raise ValueError(f"cookie {cookie!r} is already in flight")
-                    inflight[cookie] = [todo, message, now + timeout, now + self.first_retry,
-                                        self.first_retry]
-                    todo += 1
-                    self._send(sock, message)
-                if now >= next_check:
-                    next_check = now + timeout
-                    for cookie, st in list(inflight.items()):
-                        if now >= st[2]:
-                            results[st[0]] = NgTimeout(f"{self.label}: no reply after "
-                                                       f"{timeout:g} s")
-                            del inflight[cookie]
-                            continue
-                        if now >= st[3]:
-                            self.retransmissions += 1
-                            self._send(sock, st[1])
-                            st[4] = min(st[4] * self.backoff, self.max_retry)
-                            st[3] = now + st[4]
-                        next_check = min(next_check, st[2], st[3])
-                    if not inflight:
-                        continue
-                sock.settimeout(max(next_check - now, 0.0001))
-                try:
-                    data = sock.recv(self.bufsize)
-                except TimeoutError:
-                    continue
-                except OSError as exc:
-                    raise NgTransportError(f"{self.label}: receive failed: {exc}") from exc
-                sp = data.find(b" ", 0, 128)
-                done = inflight.pop(data[:sp], None) if sp > 0 else None
-                if done is not None:
-                    results[done[0]] = data[sp + 1:]
                 else:
-                    self._dispatch(data, None)  # another thread's reply
+                    w.wake.acquire(True, until - now)
         finally:
-            self._reader.release()
-            self._handover(None)
-        return [r if r is not None else NgTimeout("no reply") for r in results]
+            pending.pop(cookie, None)
+            if not self._reader.locked():
+                self._handover()
 
-    def _dispatch(self, data: bytes, me: _Waiter | None) -> None:
+    def _lead(self, sock: socket.socket, w: _Waiter, until: float) -> None:
+        """Leader: read replies and hand them to their owners until ours arrives or
+        ``until``. Owners are woken when the socket has nothing more to read (checked with
+        a non-blocking receive) rather than one by one: a woken owner needs the GIL, and
+        the leader would otherwise take it back from every one of them."""
+        pending = self._pending
+        woken: list[_Waiter] = []
+        try:
+            while w.reply is None:
+                if woken:
+                    try:
+                        data = sock.recv(self.bufsize, _DONTWAIT)
+                    except BlockingIOError:
+                        for other in woken:
+                            _wake(other)
+                        woken.clear()
+                        continue
+                    except OSError as exc:
+                        raise self._recv_error(exc) from exc
+                else:
+                    remaining = until - _monotonic()
+                    if remaining <= 0:
+                        return
+                    data = self._recv(sock, remaining)
+                    if data is None:
+                        continue
+                sp = data.find(b" ", 0, 128)
+                other = pending.get(data[:sp]) if sp > 0 else None
+                if other is None:
+                    self._unknown(data, sp)
+                elif other.reply is None:
+                    other.reply = data
+                    if other is not w:
+                        if _DONTWAIT:
+                            woken.append(other)
+                        else:  # no non-blocking receive here: wake the owner now
+                            _wake(other)
+        finally:
+            for other in woken:
+                _wake(other)
+
+    def _dispatch(self, data: bytes) -> None:
+        """A reply read by ``request_many`` that belongs to a ``request`` caller."""
         sp = data.find(b" ", 0, 128)
         other = self._pending.get(data[:sp]) if sp > 0 else None
         if other is None:
-            # a late duplicate (answered retransmission) or garbage: not ours to keep
-            _log().debug("%s: dropping reply with unknown cookie %r", self.label,
-                         data[:max(sp, 0)][:64])
+            self._unknown(data, sp)
         elif other.reply is None:
             other.reply = data
-            if other is not me:
-                self._wake(other)
+            _wake(other)
 
-    def _send(self, sock: socket.socket, message: bytes) -> None:
+    def _unknown(self, data: bytes, sp: int) -> None:
+        # a late duplicate (answered retransmission) or garbage: not ours to keep
+        _log().debug("%s: dropping reply with unknown cookie %r", self.label,
+                     data[:max(sp, 0)][:64])
+
+    def _handover(self) -> None:
+        """Wake a caller still waiting for its reply so that it reads the socket: the newest
+        one, whose reply is likely to come last (so leadership changes hands rarely)."""
+        for other in reversed(list(self._pending.values())):
+            if other.reply is None:
+                _wake(other)
+                return
+
+    def request_many(self, items: list[tuple[bytes, bytes]], timeout: float,
+                     window: int = 64,
+                     decode: Callable[[int, bytes], Any] | None = None) -> list[Any]:
+        """Pipelined: keep up to ``window`` requests in flight from this one thread, each
+        retransmitted and timed out on its own schedule (``timeout`` per request).
+
+        ``decode(index, body)``, if given, is applied to each reply as it arrives (so the
+        work overlaps with rtpengine answering the next requests) and its result is stored
+        instead of the body."""
+        if window < 1:
+            raise ValueError("window must be at least 1")
+        sock = self._socket()
+        n = len(items)
+        results: list[Any] = [None] * n
+        # cookie -> [index, message, deadline, next send, retransmission interval]
+        inflight: dict[bytes, list[Any]] = {}
+        if not self._reader.acquire(True, timeout):
+            raise NgTimeout(f"{self.label}: socket busy for {timeout:g} s")
         try:
-            sock.send(message)
-        except OSError as exc:
-            raise NgTransportError(f"{self.label}: send failed: {exc}") from exc
+            pending = self._pending
+            first = min(self.first_retry, timeout)
+            todo = 0
+            next_check = float("inf")  # the earliest deadline or retransmission in flight
+            while todo < n or inflight:
+                now = _monotonic()
+                if todo < n and len(inflight) < window:
+                    stop = min(n, todo + window - len(inflight))
+                    for k in range(todo, stop):
+                        cookie, message = items[k]
+                        if cookie in inflight or cookie in pending:
+                            raise ValueError(f"cookie {cookie!r} is already in flight")
+                        inflight[cookie] = [k, message, now + timeout, now + first, first]
+                        self._send(sock, message)
+                    todo = stop
+                    if now + first < next_check:
+                        next_check = now + first
+                if now >= next_check:
+                    next_check = self._timers(sock, inflight, results, now, timeout)
+                    if not inflight:
+                        continue
+                data = self._recv(sock, next_check - now)
+                if data is None:
+                    continue
+                sp = data.find(b" ", 0, 128)
+                st = inflight.pop(data[:sp], None) if sp > 0 else None
+                if st is None:
+                    self._dispatch(data)  # another thread's reply (or a late duplicate)
+                elif decode is None:
+                    results[st[0]] = data[sp + 1:]
+                else:
+                    results[st[0]] = decode(st[0], data[sp + 1:])
+        finally:
+            self._reader.release()
+            self._handover()
+        return results
 
-    def _read(self, sock: socket.socket, w: _Waiter, until: float) -> None:
-        """Leader: read replies and dispatch them until ours arrives or ``until``."""
-        while w.reply is None:
-            remaining = until - _monotonic()
-            if remaining <= 0:
-                return
-            sock.settimeout(remaining)
-            try:
-                data = sock.recv(self.bufsize)
-            except TimeoutError:
-                return
-            except ConnectionRefusedError as exc:
-                # ICMP port unreachable on the connected socket: nothing listens there
-                raise NgTransportError(f"{self.label}: connection refused (is rtpengine "
-                                       f"listening?)") from exc
-            except OSError as exc:
-                raise NgTransportError(f"{self.label}: receive failed: {exc}") from exc
-            self._dispatch(data, w)
-
-    def _wake(self, w: _Waiter) -> None:
-        with self._mutex:
-            if not w.signalled:
-                w.signalled = True
-                w.wake.release()
-
-    def _handover(self, me: _Waiter | None) -> None:
-        """Wake one caller still waiting for its reply so that it reads the socket."""
-        for other in list(self._pending.values()):
-            if other is not me and other.reply is None:
-                self._wake(other)
-                return
+    def _timers(self, sock: socket.socket, inflight: dict[bytes, list[Any]],
+                results: list[Any], now: float, timeout: float) -> float:
+        """Time out and retransmit what is due in a ``request_many`` window; returns when
+        the next one is due."""
+        nxt = float("inf")
+        for cookie, st in list(inflight.items()):
+            if now >= st[2]:
+                results[st[0]] = NgTimeout(f"{self.label}: no reply after {timeout:g} s")
+                del inflight[cookie]
+                continue
+            if now >= st[3]:
+                self.retransmissions += 1
+                self._send(sock, st[1])
+                st[4] = min(st[4] * self.backoff, self.max_retry)
+                st[3] = now + st[4]
+            nxt = min(nxt, st[2], st[3])
+        return nxt
 
     def close(self) -> None:
         with self._mutex:
