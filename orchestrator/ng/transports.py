@@ -274,8 +274,8 @@ class UdpTransport(Transport):
                     try:
                         data = sock.recv(self.bufsize, _DONTWAIT)
                     except BlockingIOError:
-                        for other in woken:
-                            _wake(other)
+                        for o in woken:
+                            _wake(o)
                         woken.clear()
                         continue
                     except OSError as exc:
@@ -284,9 +284,10 @@ class UdpTransport(Transport):
                     remaining = until - _monotonic()
                     if remaining <= 0:
                         return
-                    data = self._recv(sock, remaining)
-                    if data is None:
+                    got = self._recv(sock, remaining)
+                    if got is None:
                         continue
+                    data = got
                 sp = data.find(b" ", 0, 128)
                 other = pending.get(data[:sp]) if sp > 0 else None
                 if other is None:
@@ -299,8 +300,8 @@ class UdpTransport(Transport):
                         else:  # no non-blocking receive here: wake the owner now
                             _wake(other)
         finally:
-            for other in woken:
-                _wake(other)
+            for o in woken:
+                _wake(o)
 
     def _dispatch(self, data: bytes) -> None:
         """A reply read by ``request_many`` that belongs to a ``request`` caller."""
