@@ -207,3 +207,11 @@ def bump_version(sdp: bytes) -> bytes:
         raise SipError("SDP has no o= line")
     return sdp[:m.start()] + m.group(1) + str(int(m.group(2)) + 1).encode() + m.group(3) \
         + sdp[m.end():]
+
+
+def with_origin(sdp: bytes, previous: bytes) -> bytes:
+    """``sdp`` with the o= line of ``previous`` (a re-offer keeps the origin, RFC 3264 §8)."""
+    new, old = _ORIGIN.search(sdp), _ORIGIN.search(previous)
+    if new is None or old is None:
+        raise SipError("SDP has no o= line")
+    return sdp[:new.start()] + old.group(0) + sdp[new.end():]

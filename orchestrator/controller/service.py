@@ -62,6 +62,7 @@ from .dialog import (
     parse_rs_reply,
     reply_from_event,
     set_direction,
+    with_origin,
 )
 from .metrics import Metrics
 from .session import Ev as E
@@ -444,11 +445,16 @@ class Controller:
             return None, f"Kamailio could not send the INVITE: {exc.rpc_message}"
         try:
             code, reason = int(r[0]), str(r[1])
-            reply = parse_rs_reply(code, reason, str(r[5]) if len(r) > 5 else "")
-        except (TypeError, ValueError, IndexError, SipError) as exc:
+        except (TypeError, ValueError, IndexError) as exc:
             return None, f"unreadable t_uac_wait result: {exc}"
         if not 200 <= code < 300:
             self.metrics.failures.labels(f"srs_{code // 100}xx").inc()
+            # a final failure is all we need; its headers are not always a full block
+            return RsReply(code, reason, None, None, None, None, b""), f"{code} {reason}"
+        try:
+            reply = parse_rs_reply(code, reason, str(r[5]) if len(r) > 5 else "")
+        except SipError as exc:
+            return None, f"unreadable 2xx from the SRS: {exc}"
         return reply, f"{code} {reason}"
 
     def _established(self, s: RecordingSession, reply: RsReply, received: float | None) -> bool:
@@ -703,19 +709,31 @@ class Controller:
             return out
         return self._run(call_id, go)
 
+    def _resubscribe(self, s: RecordingSession) -> bytes:
+        """A fresh subscription with the same tag; its SDP carrying our o= line, bumped."""
+        sub = self.pool.client(s.node).subscribe_request(s.call_id, all=True, siprec=True,
+                                                         to_tag=s.sub_to_tag)
+        return bump_version(with_origin(bytes(sub.sdp), s.offer_sdp))
+
     def pause(self, call_id: str) -> dict[str, Any]:
-        """RFC 7866 §7.1.1.1 pause: stop the media first (no audio leaks), then a=inactive."""
+        """RFC 7866 §7.1.1.1 pause: stop the media first (no audio leaks), then a=inactive.
+
+        rtpengine 10.5 keeps forking after a ``subscribe answer``/``request`` with
+        a=inactive, and ``block media`` silences the call itself (both measured), so the
+        pause removes the subscription; resume subscribes again with the same tag."""
         def go() -> dict[str, Any]:
             s = self._session(call_id)
             if s.state is not State.ESTABLISHED:
                 raise IllegalTransition("recording session", s.state.value, E.PAUSE.value)
             ng = self.pool.client(s.node)
-            ng.subscribe_answer(call_id, s.sub_to_tag, set_direction(s.answer_sdp, "inactive"))
+            ng.unsubscribe(call_id, s.sub_to_tag)
             offer = bump_version(set_direction(s.offer_sdp, "inactive"))
             try:
                 self._reinvite_srs(s, offer, None, "pause")
             except (ControllerError, KamailioUnreachable):
-                ng.subscribe_answer(call_id, s.sub_to_tag, s.answer_sdp)  # media back on
+                # the SRS still records: fork the media again
+                self._resubscribe(s)
+                ng.subscribe_answer(call_id, s.sub_to_tag, s.answer_sdp)
                 raise
             s.offer_sdp = offer
             s.handle(E.PAUSE, "operator")
@@ -728,8 +746,12 @@ class Controller:
             s = self._session(call_id)
             if s.state is not State.PAUSED:
                 raise IllegalTransition("recording session", s.state.value, E.RESUME.value)
-            offer = bump_version(set_direction(s.offer_sdp, "sendonly"))
-            reply = self._reinvite_srs(s, offer, None, "resume")
+            offer = set_direction(self._resubscribe(s), "sendonly")
+            try:
+                reply = self._reinvite_srs(s, offer, None, "resume")
+            except (ControllerError, KamailioUnreachable):
+                self._unsubscribe(s)  # stay paused: nothing may flow
+                raise
             s.offer_sdp = offer
             s.answer_sdp = reply.body or s.answer_sdp
             self.pool.client(s.node).subscribe_answer(call_id, s.sub_to_tag, s.answer_sdp)

@@ -125,6 +125,7 @@ class RecordingSession:
             "reason": self.reason, "srs": self.srs_uri,
             "rs_call_id": self.dialog.call_id if self.dialog else None,
             "subscription": self.sub_to_tag, "created": self.created,
+            "call": {k: self.call.get(k) for k in ("from", "to", "pai", "rule", "headers")},
             "established_at": self.established_at, "ended_at": self.ended_at,
             "history": [{"ts": ts, "from": a, "to": b, "event": e, "detail": d}
                         for ts, a, b, e, d in self.history],

@@ -1,0 +1,175 @@
+"""The whole recording system as local processes: rtpengine nodes, one Kamailio edge, the
+reference SRSs (in this process) and the controller (``siprecctl serve``, a child process,
+so it can be killed and restarted like in production)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import LabError
+from ..render import render_site, write
+from ..site import Site
+from .procs import Kamailio, Rtpengine, tcp_open
+from .srs import SrsConfig, SrsServer
+
+__all__ = ["LabStack"]
+
+
+class LabStack:
+    """Start with :meth:`start` (or as a context manager); stop with :meth:`stop`."""
+
+    def __init__(self, site: Site, workdir: Path, *, srs: Iterable[SrsConfig] = (),
+                 rtpengine_args: Iterable[str] = ("--delete-delay=0",),
+                 controller: bool = True) -> None:
+        if len(site.edges) != 1:
+            raise LabError("the lab stack runs sites with exactly one edge")
+        self.site = site
+        self.edge = site.edges[0]
+        self.workdir = Path(workdir)
+        self.srs_configs = list(srs)
+        self.rtpengine_args = list(rtpengine_args)
+        self.with_controller = controller
+        self.srs: dict[str, SrsServer] = {}
+        self.daemons: list[Rtpengine | Kamailio] = []
+        self.controller_proc: subprocess.Popen[bytes] | None = None
+        self.site_file = self.workdir / "site.yaml"
+        self.controller_log = self.workdir / "logs" / "controller.log"
+        self.rec_dirs = {n.name: self.workdir / "recordings" / n.name for n in site.media.nodes}
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> LabStack:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        cfgdir = self.workdir / "configs"
+        write(cfgdir, render_site(self.site))
+        self.site_file.write_text(yaml.safe_dump(self.site.model_dump(mode="json",
+                                                                      exclude_none=True)))
+        try:
+            for n in self.site.media.nodes:
+                self.rec_dirs[n.name].mkdir(parents=True, exist_ok=True)
+                self.daemons.append(Rtpengine(
+                    cfgdir / "rtpengine" / n.name / "rtpengine.conf",
+                    self.workdir / "logs" / n.name, ng=(n.ng.address, n.ng.port),
+                    overrides=[f"--recording-dir={self.rec_dirs[n.name]}",
+                               *self.rtpengine_args]))
+            e = self.edge
+            self.daemons.append(Kamailio(cfgdir / "kamailio" / e.name / "kamailio.cfg",
+                                         self.workdir / "logs" / e.name,
+                                         run_dir=self.workdir / "run" / e.name,
+                                         ready_tcp=(e.jsonrpc.address, e.jsonrpc.port),
+                                         shm_mb=e.shm_mb, pkg_mb=e.pkg_mb))
+            for d in self.daemons:
+                d.start()
+                d.wait_ready(15)
+            for cfg in self.srs_configs:
+                server = SrsServer(cfg)
+                server.start()
+                self.srs[cfg.name] = server
+            if self.with_controller:
+                self.start_controller()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __enter__(self) -> LabStack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self.stop_controller()
+        for server in self.srs.values():
+            server.stop()
+        self.srs.clear()
+        for d in reversed(self.daemons):
+            d.stop()
+        self.daemons.clear()
+
+    # ------------------------------------------------------------------ the controller
+    @property
+    def api_url(self) -> str:
+        api = self.site.controller.api
+        return f"http://{api.address}:{api.port}"
+
+    def start_controller(self, timeout: float = 15.0) -> None:
+        """``siprecctl serve`` on the site file; returns once its API answers."""
+        self.controller_log.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.controller_log, "ab")
+        try:
+            self.controller_proc = subprocess.Popen(
+                [sys.executable, "-m", "orchestrator.cli", "serve", str(self.site_file)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                cwd=self.workdir, start_new_session=True)
+        finally:
+            log.close()
+        api = self.site.controller.api
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.controller_proc.poll() is not None:
+                raise LabError(f"the controller exited ({self.controller_proc.returncode}):\n"
+                               + self.controller_log.read_text(errors="replace")[-2000:])
+            if tcp_open(api.address, api.port):
+                health = self.api("GET", "/health")
+                if all(health.get("edges", {}).values()):
+                    return
+            time.sleep(0.05)
+        raise LabError("the controller's API did not come up:\n"
+                       + self.controller_log.read_text(errors="replace")[-2000:])
+
+    def stop_controller(self, *, kill: bool = False) -> None:
+        p = self.controller_proc
+        if p is None or p.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait(5)
+
+    def api(self, method: str, path: str, body: dict[str, Any] | None = None,
+            timeout: float = 30.0) -> Any:
+        """Call the controller's HTTP API; returns the JSON (errors too, with ``status``)."""
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.api_url + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                raw = resp.read()
+                if resp.headers.get_content_type() != "application/json":
+                    return raw.decode()
+                return json.loads(raw)
+        except urllib.error.HTTPError as exc:
+            doc = json.loads(exc.read() or b"{}")
+            doc["status"] = exc.code
+            return doc
+
+    def metrics(self) -> dict[str, float]:
+        """``/metrics`` as {"name{labels}": value}."""
+        out: dict[str, float] = {}
+        for line in str(self.api("GET", "/metrics")).splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                out[name] = float(value)
+        return out
+
+    @property
+    def sip(self) -> tuple[str, int]:
+        listen = self.edge.listen[0]
+        return listen.address, listen.port

@@ -1,0 +1,388 @@
+"""SIPREC end to end: real Kamailio, rtpengine, sipp and reference SRSs, with the controller
+(``siprecctl serve``) as a child process. One stack per module; each test picks its SRS
+behaviour through a header the site's policy rules route to an SRS group."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.errors import NgError
+from orchestrator.lab import sipp
+from orchestrator.lab.events import EventReader
+from orchestrator.lab.procs import free_port
+from orchestrator.lab.srs import Behaviour, SrsConfig, SrsServer, SrsSession
+from orchestrator.lab.stack import LabStack
+from orchestrator.lab.ua import CalleeServer, LabCall
+from orchestrator.ng import NgClient
+from orchestrator.recordings.pcap import summarize_pcap
+from orchestrator.site.loader import validate_data
+
+pytestmark = pytest.mark.integration
+
+SRS_BEHAVIOUR = {
+    "ok": Behaviour(), "ok2": Behaviour(), "reject": Behaviour(reject=503),
+    "silent": Behaviour(no_answer=True), "bye": Behaviour(bye_after=1.0),
+    "snapshot": Behaviour(snapshot_after=0.5), "refresh": Behaviour(refresh_after=0.5),
+}
+# header X-Srs value -> SRS group (the rule of the same name routes it)
+GROUPS = {
+    "reject": ["reject", "ok2"], "silent": ["silent", "ok2"], "dead": ["reject"],
+    "bye": ["bye"], "snapshot": ["snapshot"], "refresh": ["refresh"],
+}
+
+
+def _site(work: Path, ports: dict[str, Any]) -> dict[str, Any]:
+    srs_uri = {n: f"sip:srs@127.0.0.1:{ports['srs'][n]}" for n in SRS_BEHAVIOUR}
+    groups = [{"name": "main", "servers": [{"uri": srs_uri["ok"]}]}]
+    for g, members in GROUPS.items():
+        groups.append({"name": f"g-{g}", "servers": [{"uri": srs_uri[m]} for m in members],
+                       "timeout": 1.0, "required": g == "dead"})
+    rules = [{"name": "opt-out", "match": {"header": {"name": "X-Record", "pattern": "^no$"}},
+              "record": False}]
+    rules += [{"name": f"srs-{g}", "match": {"header": {"name": "X-Srs", "pattern": f"^{g}$"}},
+               "siprec": f"g-{g}", "local": False} for g in GROUPS]
+    return {
+        "version": 1, "name": "siprec-test",
+        "edges": [{
+            "name": "edge1",
+            "listen": [{"proto": "udp", "address": "127.0.0.1", "port": ports["sip"]},
+                       {"proto": "tcp", "address": "127.0.0.1", "port": ports["sip"]}],
+            "trunks": [{"name": "sipp", "uri": f"sip:127.0.0.1:{ports['uas']}",
+                        "match_ruri": "^sip:sipp@"},
+                       {"name": "phones", "uri": f"sip:127.0.0.1:{ports['callee']}"}],
+            "default_trunk": "phones",
+            "jsonrpc": {"address": "127.0.0.1", "port": ports["rpc"], "allow": ["127.0.0.1/32"]},
+            "evapi": {"address": "127.0.0.1", "port": ports["evapi"]},
+            "run_dir": str(work / "run" / "edge1"),
+        }],
+        "media": {
+            "recording": {"method": "pcap", "dir": str(work / "recordings" / "rtp1")},
+            "nodes": [{"name": "rtp1", "ng": {"address": "127.0.0.1", "port": ports["ng"]},
+                       "interfaces": [{"name": "lab", "address": "127.0.0.1"}],
+                       "ports": {"port_min": 32000, "port_max": 33999}}],
+        },
+        "recording": {"default": True, "local": True, "siprec": "main", "rules": rules,
+                      "srs_groups": groups, "metadata_headers": ["X-Customer-Id"]},
+        "controller": {"api": {"address": "127.0.0.1", "port": ports["api"]},
+                       "store": str(work / "state.sqlite")},
+    }
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    work = tmp_path_factory.mktemp("siprec")
+    ports = {"sip": free_port(), "uas": free_port(), "callee": free_port(),
+             "rpc": free_port("tcp"), "evapi": free_port("tcp"), "ng": free_port(),
+             "api": free_port("tcp"), "srs": {n: free_port() for n in SRS_BEHAVIOUR}}
+    site = validate_data(_site(work, ports), file="test-site")
+    srs = [SrsConfig(address="127.0.0.1", port=ports["srs"][n], name=n,
+                     record_dir=work / "srs" / n, rtp_port_min=34000 + i * 200,
+                     rtp_port_max=34000 + i * 200 + 199, behaviour=b)
+           for i, (n, b) in enumerate(SRS_BEHAVIOUR.items())]
+    for cfg in srs:
+        cfg.record_dir.mkdir(parents=True)
+    with LabStack(site, work, srs=srs) as st:
+        callee = CalleeServer("127.0.0.1", ports["callee"])
+        cwd = sipp.workdir(work / "sipp")
+        uas = sipp.uas(cwd, "127.0.0.1", ports["uas"])
+        events = EventReader((site.edges[0].evapi.address, site.edges[0].evapi.port))
+        events.start()
+        st.callee, st.sipp_cwd, st.events = callee, cwd, events  # type: ignore[attr-defined]
+        try:
+            yield st
+        finally:
+            events.close()
+            sipp.stop(uas)
+            callee.close()
+
+
+def wait(pred, timeout: float = 10.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def sessions_of(stack: LabStack, call_id: str) -> list[dict[str, Any]]:
+    return stack.api("GET", f"/calls/{urllib.parse.quote(call_id, safe='')}")
+
+
+def srs_session(srs: SrsServer, rs_call_id: str) -> SrsSession | None:
+    return next((s for s in srs.sessions() if s.call_id == rs_call_id), None)
+
+
+def established(stack: LabStack, call_id: str, timeout: float = 10.0) -> dict[str, Any]:
+    return wait(lambda: next((s for s in sessions_of(stack, call_id)
+                              if s["state"] == "established"), None), timeout,
+                f"an established recording session for {call_id}")
+
+
+def errors(findings) -> list[str]:
+    return [f"{f.rule} {f.message}" for f in findings if f.severity.value == "error"]
+
+
+def lab_call(stack: LabStack, **headers: str) -> LabCall:
+    call = LabCall(stack.sip, stack.callee, headers=headers)  # type: ignore[attr-defined]
+    call.start()
+    return call
+
+
+# ---------------------------------------------------------------------------- tests
+
+def test_recorded_call_reaches_the_srs(stack: LabStack) -> None:
+    """sipp caller (plays G.711 from a pcap) → edge → sipp callee (echoes): the SRS gets one
+    session, valid metadata, one stream per leg with ≥ 95 % of the packets rtpengine got
+    from each leg, and the BYE within 1 s of the call's BYE."""
+    cwd = stack.sipp_cwd  # type: ignore[attr-defined]
+    argv = sipp.uac_argv(cwd, f"{stack.sip[0]}:{stack.sip[1]}", local=("127.0.0.1", free_port()),
+                         duration_ms=3000, customer="CUST-1", extra=["-s", "sipp"])
+    uac = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    answered = stack.events.wait_for(  # type: ignore[attr-defined]
+        lambda e: e["event"] == "answered" and e["headers"].get("X-Customer-Id") == "CUST-1")
+    call_id = answered["call_id"]
+    sess = established(stack, call_id)
+    assert uac.wait(30) == 0
+    ended = stack.events.wait_for(  # type: ignore[attr-defined]
+        lambda e: e["event"] == "ended" and e["call_id"] == call_id)
+    srs = stack.srs["ok"]
+    s = wait(lambda: (x := srs_session(srs, sess["rs_call_id"])) and x.ended and x, 10,
+             "the SRS session to end")
+    assert [x.call_id for x in srs.sessions()].count(sess["rs_call_id"]) == 1
+    assert s.bye_from == "src" and s.state == "terminated"
+    assert s.ended_at - float(ended["ts"]) < 1.0, "BYE to the SRS later than 1 s after the call's"
+    assert errors(s.sip_findings) == [] and errors(s.metadata_findings) == []
+    assert len(s.labels) == 2
+    aors = sorted(p.get("aor") or "" for st in s.labels.values() for p in st.participants)
+    assert any("caller" in a for a in aors) and any("sipp" in a for a in aors), aors
+    # rtpengine's own recording of the call (local recording is on) counts what each leg sent
+    rec = stack.rec_dirs["rtp1"] / "pcaps"
+    prefix = urllib.parse.quote(call_id, safe="")
+    pcap = wait(lambda: next(iter(rec.glob(f"{prefix}-*.pcap")), None), 10, "rtpengine's pcap")
+    per_leg = sorted(summarize_pcap(pcap.read_bytes()).dst_ports.values())
+    at_srs = sorted(st.packets for st in s.labels.values())
+    assert len(per_leg) == 2 and min(per_leg) > 50, per_leg
+    for sent, got in zip(per_leg, at_srs, strict=True):
+        assert got >= 0.95 * sent, f"SRS got {at_srs} of {per_leg}"
+    with NgClient(("127.0.0.1", stack.site.media.nodes[0].ng.port)) as ng:
+        try:
+            subs = ng.query(call_id).subscribers
+        except NgError:
+            subs = []  # the call is gone from rtpengine, and its subscription with it
+    assert subs == []
+    final = sessions_of(stack, call_id)
+    assert [x["state"] for x in final] == ["closed"]
+
+
+def test_fifty_calls_half_recorded_each_once(stack: LabStack) -> None:
+    """50 calls at 10 calls/s (two sipp callers at 5/s each), half opted out."""
+    cwd = stack.sipp_cwd  # type: ignore[attr-defined]
+    target = f"{stack.sip[0]}:{stack.sip[1]}"
+    before = {s.call_id for s in stack.srs["ok"].sessions()}
+    procs = [subprocess.Popen(sipp.uac_argv(cwd, target, local=("127.0.0.1", free_port()),
+                                            calls=25, rate=5, duration_ms=1000, record=rec,
+                                            customer=cust, extra=["-s", "sipp"]),
+                              cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for rec, cust in (("yes", "LOAD-REC"), ("no", "LOAD-NOREC"))]
+    assert [p.wait(60) for p in procs] == [0, 0], \
+        [f.read_text()[-1500:] for f in Path(cwd).glob("uac_*_errors.log")]
+
+    def done() -> list[dict[str, Any]] | None:
+        ss = [s for s in stack.api("GET", "/sessions")
+              if (s["call"].get("headers") or {}).get("X-Customer-Id", "").startswith("LOAD-")]
+        return ss if len(ss) >= 25 and all(s["state"] == "closed" for s in ss) else None
+
+    ss = wait(done, 30, "25 closed sessions")
+    assert len(ss) == 25
+    assert {s["call"]["headers"]["X-Customer-Id"] for s in ss} == {"LOAD-REC"}
+    assert len({s["call_id"] for s in ss}) == 25  # each recorded call once
+    new = [s for s in stack.srs["ok"].sessions() if s.call_id not in before]
+    assert sorted(s.call_id for s in new) == sorted(s["rs_call_id"] for s in ss)
+    assert all(s.bye_from == "src" and not errors(s.metadata_findings) for s in new)
+
+
+def test_hold_and_resume_send_partial_metadata(stack: LabStack) -> None:
+    call = lab_call(stack, **{"X-Customer-Id": "HOLD-1"})
+    try:
+        sess = established(stack, call.call_id)
+        srs = stack.srs["ok"]
+        call.hold()
+        wait(lambda: len(srs_session(srs, sess["rs_call_id"]).reinvites) >= 1, 5,
+             "the hold update at the SRS")
+        call.resume()
+        s = wait(lambda: (x := srs_session(srs, sess["rs_call_id"])) and
+                 len(x.reinvites) >= 2 and x, 5, "the resume update at the SRS")
+        assert [r["datamode"] for r in s.reinvites[:2]] == ["partial", "partial"]
+        assert all(r["had_metadata"] for r in s.reinvites[:2])
+        assert errors(s.metadata_findings) == []
+    finally:
+        call.bye()
+        call.close()
+
+
+def test_pause_and_resume(stack: LabStack) -> None:
+    call = lab_call(stack, **{"X-Customer-Id": "PAUSE-1"})
+    try:
+        sess = established(stack, call.call_id)
+        srs = stack.srs["ok"]
+        time.sleep(0.5)
+        paused = stack.api("POST", f"/calls/{call.call_id}/pause")
+        assert paused.get("state") == "paused", paused
+        assert stack.api("POST", f"/calls/{call.call_id}/pause")["status"] == 409
+        s = srs_session(srs, sess["rs_call_id"])
+        assert {st.direction for st in s.labels.values()} == {"inactive"}
+        count = {k: st.packets for k, st in s.labels.items()}
+        heard = call.callee_rtp.received
+        time.sleep(1.0)  # the phones keep sending, and keep hearing each other
+        assert call.callee_rtp.received > heard + 20, "the pause blocked the call's own media"
+        s = srs_session(srs, sess["rs_call_id"])
+        assert {k: st.packets for k, st in s.labels.items()} == count, "RTP leaked during pause"
+        assert all(st.packets_while_inactive == 0 for st in s.labels.values()), \
+            [(st.packets_while_inactive, st.packets) for st in s.labels.values()]
+        resumed = stack.api("POST", f"/calls/{call.call_id}/resume")
+        assert resumed.get("state") == "established", resumed
+        time.sleep(1.0)
+        s = srs_session(srs, sess["rs_call_id"])
+        assert {st.direction for st in s.labels.values()} == {"recvonly"}
+        assert all(st.packets > count[k] + 20 for k, st in s.labels.items()), "no RTP after resume"
+    finally:
+        call.bye()
+        call.close()
+
+
+def test_srs_503_fails_over_to_the_next(stack: LabStack) -> None:
+    call = lab_call(stack, **{"X-Srs": "reject"})
+    try:
+        sess = established(stack, call.call_id)
+        assert sess["srs"].endswith(f":{stack.srs['ok2'].port}")
+        assert any("503" in (h["detail"] or "") for h in sess["history"]), [h["detail"] for h in sess["history"]]
+        assert any(s.final_status == 503 for s in stack.srs["reject"].sessions())
+        assert stack.metrics()['siprecctl_srs_failovers_total{group="g-reject"}'] >= 1
+    finally:
+        call.bye()
+        call.close()
+
+
+def test_silent_srs_fails_over_after_the_timeout(stack: LabStack) -> None:
+    t0 = time.monotonic()
+    call = lab_call(stack, **{"X-Srs": "silent"})
+    try:
+        sess = established(stack, call.call_id)
+        assert time.monotonic() - t0 >= 1.0  # the group's timeout
+        assert sess["srs"].endswith(f":{stack.srs['ok2'].port}")
+        assert any("no answer" in (h["detail"] or "") for h in sess["history"])
+        assert any(s.ignored for s in stack.srs["silent"].sessions())
+    finally:
+        call.bye()
+        call.close()
+
+
+def test_required_recording_without_srs_ends_the_call(stack: LabStack) -> None:
+    call = LabCall(stack.sip, stack.callee, headers={"X-Srs": "dead"})  # type: ignore[attr-defined]
+    call.start()
+    try:
+        ss = wait(lambda: [s for s in sessions_of(stack, call.call_id) if s["state"] == "failed"],
+                  10, "the failed session")
+        assert "no SRS took the session" in ss[0]["reason"]
+        leg = stack.callee.legs[call.call_id]  # type: ignore[attr-defined]
+        wait(lambda: not leg.rtp.sending, 5, "the callee to get a BYE from the edge")
+        log = stack.controller_log.read_text()
+        assert f"call {call.call_id}: ending the call: recording is required" in log
+    finally:
+        call.close()
+
+
+def test_srs_bye_mid_call_closes_and_unsubscribes(stack: LabStack) -> None:
+    call = lab_call(stack, **{"X-Srs": "bye"})
+    try:
+        established(stack, call.call_id)
+        ss = wait(lambda: [s for s in sessions_of(stack, call.call_id) if s["state"] == "closed"],
+                  5, "the session to close after the SRS's BYE")
+        assert ss[0]["reason"] == "the SRS ended the session"
+        with NgClient(("127.0.0.1", stack.site.media.nodes[0].ng.port)) as ng:
+            info = ng.query(call.call_id)  # the call goes on ...
+        assert info.subscribers == []  # ... without the fork
+        assert {call.from_tag, call.to_tag} <= set(info.tags)
+        assert any(s.bye_from == "srs" and s.bye_status == 200
+                   for s in stack.srs["bye"].sessions())
+    finally:
+        call.bye()
+        call.close()
+
+
+def test_srs_refresh_is_answered_and_recording_continues(stack: LabStack) -> None:
+    call = lab_call(stack, **{"X-Srs": "refresh"})
+    try:
+        sess = established(stack, call.call_id)
+        srs = stack.srs["refresh"]
+        wait(lambda: any("refresh" in (h["detail"] or "") for h in
+                         sessions_of(stack, call.call_id)[0]["history"]), 5,
+             "the controller to hear of the refresh")
+        s = srs_session(srs, sess["rs_call_id"])
+        assert s.state == "confirmed" and not s.ended
+        before = sum(st.packets for st in s.labels.values())
+        time.sleep(0.6)
+        after = sum(st.packets for st in srs_session(srs, sess["rs_call_id"]).labels.values())
+        assert after > before + 20
+    finally:
+        call.bye()
+        call.close()
+
+
+def test_snapshot_request_gets_a_complete_snapshot(stack: LabStack) -> None:
+    call = lab_call(stack, **{"X-Srs": "snapshot"})
+    try:
+        sess = established(stack, call.call_id)
+        srs = stack.srs["snapshot"]
+        s = wait(lambda: (x := srs_session(srs, sess["rs_call_id"])) and
+                 x.snapshot_received_after_request and x, 5, "the complete snapshot")
+        assert s.snapshot_requests_sent == 1
+        assert [m for m, _ in s.metadata_docs].count("complete") == 2
+        assert errors(s.metadata_findings) == []
+    finally:
+        call.bye()
+        call.close()
+
+
+def test_controller_killed_and_restarted_reconciles(stack: LabStack) -> None:
+    keep = lab_call(stack, **{"X-Customer-Id": "KILL-KEEP"})
+    gone = lab_call(stack, **{"X-Customer-Id": "KILL-GONE"})
+    srs = stack.srs["ok"]
+    try:
+        keep_s = established(stack, keep.call_id)
+        gone_s = established(stack, gone.call_id)
+        stack.stop_controller(kill=True)
+        gone.bye()  # ends while no controller is watching
+        stack.start_controller()
+        # the ended call's SRS session gets its BYE; no subscription is left behind
+        g = wait(lambda: (x := srs_session(srs, gone_s["rs_call_id"])) and x.ended and x, 10,
+                 "the orphan SRS session to be closed")
+        assert g.bye_from == "src"
+        assert [s["state"] for s in sessions_of(stack, gone.call_id)] == ["closed"]
+        # the live call: still recorded, by exactly one open session
+        keep_all = sessions_of(stack, keep.call_id)
+        open_ = [s for s in keep_all if s["state"] == "established"]
+        assert len(open_) == 1 and len(keep_all) <= 2
+        rs_ids = {s["rs_call_id"] for s in keep_all}
+        live = [s for s in srs.sessions() if s.call_id in rs_ids and not s.ended]
+        assert len(live) == 1 and live[0].call_id == open_[0]["rs_call_id"]
+        before = sum(st.packets for st in live[0].labels.values())
+        time.sleep(0.5)
+        assert sum(st.packets for st in srs_session(srs, live[0].call_id).labels.values()) > \
+            before + 10
+        with NgClient(("127.0.0.1", stack.site.media.nodes[0].ng.port)) as ng:
+            assert [t.tag for t in ng.query(keep.call_id).subscribers] == \
+                [open_[0]["subscription"]]
+        assert keep_s["rs_call_id"] in rs_ids
+    finally:
+        keep.bye()
+        keep.close()
+        gone.close()
