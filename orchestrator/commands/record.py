@@ -1,39 +1,120 @@
-"""``siprecctl record start|stop CALL-ID``: rtpengine (pcap) recording of one call over NG.
+"""``siprecctl record start|stop|pause|resume CALL-ID``: recording of one call.
 
-With a site and no ``--node``, the call is looked up on the site's nodes (the one
-Kamailio's hash would pick first). ``record pause|resume`` come with the controller.
-Exit codes: 0 ok, 1 rtpengine said error (e.g. "Unknown call-id"), 2 usage, 3 unreachable.
+When a controller runs (its API, from ``--api`` or the site's ``controller.api``, answers),
+the commands go through it: ``start`` opens a SIPREC session to the site's (or ``--group``)
+SRS group, ``--local`` adds rtpengine's own recording; ``stop`` ends them; ``pause`` and
+``resume`` re-INVITE the SRS with a=inactive / a=sendonly with the media fork removed
+meanwhile. Without a controller (or with ``--direct``), ``start``/``stop`` drive rtpengine's
+local recording over NG; ``pause``/``resume`` need the controller.
+Exit codes: 0 ok, 1 refused (rtpengine/controller said error), 2 usage, 3 unreachable.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
 
 from ._output import add_json_flag, print_json
 from .ng import EXIT_OK, UsageError, add_target_args, open_targets, run_guarded
 
+ACTIONS = {"start": "start recording a call", "stop": "stop recording a call",
+           "pause": "pause a call's SIPREC recording (controller)",
+           "resume": "resume a paused SIPREC recording (controller)"}
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="record_cmd", metavar="ACTION", required=True)
-    for action, help_text in (("start", "start recording a call (pcap + metadata file)"),
-                              ("stop", "stop recording a call (finalises its files)")):
+    for action, help_text in ACTIONS.items():
         p = sub.add_parser(action, help=help_text)
         p.add_argument("call_id", metavar="CALL-ID")
-        p.add_argument("--from-tag", metavar="T", help="participant (metadata per tag too)")
-        p.add_argument("--metadata", metavar="K:V|...",
-                       help="metadata string written to the recording's metadata file "
-                            "(the last one given wins)")
+        g = p.add_argument_group("controller")
+        g.add_argument("--api", metavar="URL",
+                       help="controller API (default: the site's controller.api)")
+        g.add_argument("--direct", action="store_true",
+                       help="talk to rtpengine directly even if a controller runs")
+        if action in ("start", "stop"):
+            g.add_argument("--local", action="store_true",
+                           help="with a controller: rtpengine's local recording too")
+            g.add_argument("--group", metavar="G", help="with a controller: SRS group")
+            p.add_argument("--from-tag", metavar="T", help="participant (direct mode)")
+            p.add_argument("--metadata", metavar="K:V|...",
+                           help="metadata string for the recording's metadata file "
+                                "(direct mode; the last one given wins)")
         add_target_args(p)
         add_json_flag(p)
         p.set_defaults(func=lambda a: run_guarded(run, a), action=action)
 
 
+def _api_url(args: argparse.Namespace) -> str:
+    if args.api:
+        return str(args.api).rstrip("/")
+    from ..site import load
+
+    api = load(args.site).controller.api
+    return f"http://{api.address}:{api.port}"
+
+
+def _controller_up(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=1.0):
+            return True
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+def _post(url: str, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+    req = urllib.request.Request(url + path, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=40) as resp:
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        try:
+            return exc.code, json.loads(exc.read() or b"{}")
+        except ValueError:
+            return exc.code, {"error": exc.reason}
+
+
 def run(args: argparse.Namespace) -> int:
+    from ..errors import ControllerError, KamailioUnreachable
+
+    if getattr(args, "metadata", None) is not None and not args.metadata:
+        raise UsageError("--metadata must not be empty")
+    # an explicit rtpengine (--ng/--node) means direct mode
+    url = None if (args.direct or args.ng or args.node) else _api_url(args)
+    if url is not None and (args.api or _controller_up(url)):
+        body: dict[str, Any] = {}
+        if args.action in ("start", "stop"):
+            body["local"] = bool(args.local)
+            if args.action == "start" and args.group:
+                body["group"] = args.group
+        path = f"/calls/{urllib.parse.quote(args.call_id, safe='')}/{args.action}"
+        try:
+            status, doc = _post(url, path, body)
+        except (OSError, urllib.error.URLError) as exc:
+            raise KamailioUnreachable(f"controller at {url}: {exc}") from exc
+        if status != 200:
+            raise ControllerError(f"controller: {doc.get('error', status)}")
+        if args.json:
+            print_json(doc)
+        else:
+            state = (doc.get("session") or doc).get("state", "ok")
+            print(f"{args.call_id}: {args.action} done ({state})", file=sys.stderr)
+        return EXIT_OK
+    if args.action in ("pause", "resume"):
+        raise KamailioUnreachable(f"record {args.action} needs a running controller "
+                                  f"(no API at {url or '--api'}; not with --direct)")
+    return _direct(args)
+
+
+def _direct(args: argparse.Namespace) -> int:
     from ..errors import NgError
 
-    if args.metadata is not None and not args.metadata:
-        raise UsageError("--metadata must not be empty")
     targets = open_targets(args, all_nodes=True)
     try:
         last: NgError | None = None

@@ -4,6 +4,7 @@ behaviour through a header the site's policy rules route to an SRS group."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 import urllib.parse
@@ -386,3 +387,35 @@ def test_controller_killed_and_restarted_reconciles(stack: LabStack) -> None:
         keep.bye()
         keep.close()
         gone.close()
+
+
+def test_record_cli_uses_the_controller(stack: LabStack) -> None:
+    import sys
+
+    call = lab_call(stack, **{"X-Customer-Id": "CLI-1"})
+    try:
+        established(stack, call.call_id)
+
+        def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "orchestrator.cli", "record", *args,
+                                   call.call_id, "--api", stack.api_url, "--json"],
+                                  capture_output=True, text=True, timeout=60)
+
+        p = cli("pause")
+        assert p.returncode == 0, p.stderr
+        assert json.loads(p.stdout)["state"] == "paused"
+        p = cli("pause")
+        assert p.returncode == 1 and "not allowed in state 'paused'" in p.stderr
+        p = cli("resume")
+        assert p.returncode == 0 and json.loads(p.stdout)["state"] == "established"
+        p = cli("stop")
+        assert p.returncode == 0 and json.loads(p.stdout)["session"]["state"] == "closed"
+        p = cli("stop")
+        assert p.returncode == 1 and "no open recording session" in p.stderr
+        p = cli("start")
+        assert p.returncode == 0, p.stderr
+        assert json.loads(p.stdout)["session"]["state"] == "established"
+        assert [s["state"] for s in sessions_of(stack, call.call_id)] == ["closed", "established"]
+    finally:
+        call.bye()
+        call.close()
