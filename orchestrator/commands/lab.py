@@ -33,11 +33,14 @@ def run(args: argparse.Namespace) -> int:
         return 0 if report.ok else 1
     for line in report.checks:
         print(line)
-    print_table(["call-id", "policy", "rule", "recorded", "pcap packets", "metadata keys",
-                 "result"],
+    print_table(["call-id", "policy", "rule", "local", "pcap packets", "metadata keys",
+                 "SIPREC (SRS: packets per label)", "result"],
                 [(c.call_id, c.kind, c.rule,
                   "yes" if c.pcap_packets is not None else "no", c.pcap_packets,
-                  ",".join(c.metadata_keys), "ok" if c.ok else "; ".join(c.problems))
+                  ",".join(c.metadata_keys),
+                  f"{c.siprec_srs}: " + " ".join(f"{k}={v}" for k, v in c.siprec_packets.items())
+                  if c.siprec_srs else "-",
+                  "ok" if c.ok else "; ".join(c.problems))
                  for c in report.calls],
                 title=f"lab '{report.site}': {len(report.calls)} calls in {report.seconds} s")
     for name, rc in report.sipp_exit.items():

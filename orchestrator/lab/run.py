@@ -1,9 +1,12 @@
 """``siprecctl lab run``: the whole system on loopback, proven with real calls.
 
-Renders the site, checks the configs with the daemons, starts rtpengine, Kamailio and a sipp
-callee, places recorded calls and one opted-out call with sipp, then verifies from the edge's
-evapi events and rtpengine's recording files that exactly the expected calls were recorded
-with the edge metadata. Returns a :class:`LabReport`.
+Renders the site, checks the configs with the daemons, starts rtpengine, Kamailio, the
+reference SRS of each SIPREC server the site names on loopback, the controller
+(``siprecctl serve``) and a sipp callee, places recorded calls and one opted-out call with
+sipp, then verifies from the edge's evapi events, rtpengine's recording files, the
+controller's API and the SRS's sessions that exactly the expected calls were recorded:
+locally with the edge metadata, and over SIPREC with valid RFC 7865 metadata and media on
+every stream. Returns a :class:`LabReport`.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from ..render.check import check_kamailio, check_rtpengine_config
 from ..site.model import Site
 from . import sipp
 from .events import EventReader
-from .procs import Kamailio, Rtpengine
+from .srs import SrsConfig, SrsServer
+from .stack import LabStack
 
 
 @dataclass
@@ -35,6 +39,8 @@ class CallResult:
     expected_recording: bool
     pcap_packets: int | None = None
     metadata_keys: list[str] = field(default_factory=list)
+    siprec_srs: str | None = None
+    siprec_packets: dict[str, int] = field(default_factory=dict)  # label -> packets at the SRS
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -90,25 +96,13 @@ def run_lab(site: Site, workdir: Path, *, calls: int = 3, duration_ms: int = 200
             raise LabError("config check failed:\n" + "\n".join(f.format() for f in bad))
         checks += [f.format() for f in fs]
 
-    rec_dirs = {n.name: workdir / "recordings" / n.name for n in site.media.nodes}
-    procs: list[Rtpengine | Kamailio] = []
-    for n in site.media.nodes:
-        rec_dirs[n.name].mkdir(parents=True, exist_ok=True)
-        procs.append(Rtpengine(cfgdir / "rtpengine" / n.name / "rtpengine.conf",
-                               workdir / "logs" / n.name, ng=(n.ng.address, n.ng.port),
-                               overrides=[f"--recording-dir={rec_dirs[n.name]}",
-                                          "--delete-delay=0"]))
-    procs.append(Kamailio(cfgdir / "kamailio" / edge.name / "kamailio.cfg",
-                          workdir / "logs" / edge.name, run_dir=workdir / "run" / edge.name,
-                          ready_tcp=(edge.jsonrpc.address, edge.jsonrpc.port),
-                          shm_mb=edge.shm_mb, pkg_mb=edge.pkg_mb))
+    srs_cfgs = _local_srs(site, workdir)
+    stack = LabStack(site, workdir, srs=srs_cfgs, controller=bool(srs_cfgs))
     cwd = sipp.workdir(workdir / "sipp")
     uas = None
     sipp_exit: dict[str, int] = {}
     try:
-        for p in procs:
-            p.start()
-            p.wait_ready(15)
+        stack.start()
         host, port = _trunk_addr(edge.trunk_default.uri)
         uas = sipp.uas(cwd, host, port)
         events = EventReader((edge.evapi.address, edge.evapi.port))
@@ -128,23 +122,93 @@ def run_lab(site: Site, workdir: Path, *, calls: int = 3, duration_ms: int = 200
         sipp_exit["recorded calls (sipp uac)"] = rec.wait(timeout)
         sipp_exit["opt-out call (sipp uac)"] = opt.wait(timeout)
         time.sleep(1.0)  # rtpengine finalises recordings when the call is destroyed
-        results = _verify(site, events.events, rec_dirs)
+        results = _verify(site, events.events, stack.rec_dirs)
+        if srs_cfgs:
+            _verify_siprec(stack, results)
         events.close()
     except subprocess.TimeoutExpired as exc:
         raise LabError(f"sipp did not finish: {exc}") from exc
     finally:
         sipp.stop(uas)
-        for p in reversed(procs):
-            p.stop()
+        stack.stop()
     return LabReport(site.name, str(workdir), checks, results, sipp_exit,
                      round(time.monotonic() - t0, 1))
+
+
+def _local_srs(site: Site, workdir: Path) -> list[SrsConfig]:
+    """A reference SRS for every SIPREC server of the site on a loopback address."""
+    out: list[SrsConfig] = []
+    for g in site.recording.srs_groups:
+        for i, srv in enumerate(g.servers):
+            host, port = _trunk_addr(srv.uri)
+            if not host.startswith("127."):
+                continue
+            base = 40000 + 1000 * len(out)
+            out.append(SrsConfig(address=host, port=port, name=f"{g.name}-{i + 1}",
+                                 record_dir=workdir / "srs" / f"{g.name}-{i + 1}",
+                                 rtp_port_min=base, rtp_port_max=base + 999))
+    for cfg in out:
+        cfg.record_dir.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _srs_session(servers: list[SrsServer], rs_call_id: str) -> tuple[str, Any] | None:
+    for server in servers:
+        for s in server.sessions():
+            if s.call_id == rs_call_id:
+                return server.config.name, s
+    return None
+
+
+def _verify_siprec(stack: LabStack, results: list[CallResult]) -> None:
+    """Each recorded call: one closed SIPREC session whose SRS saw valid metadata, media on
+    every stream and the BYE; the opted-out call: none."""
+    servers = list(stack.srs.values())
+    deadline = time.monotonic() + 5
+    for res in results:
+        while True:
+            sessions = stack.api("GET", "/calls/" + urllib.parse.quote(res.call_id, safe=""))
+            if not isinstance(sessions, list):
+                res.problems.append(f"controller API: {sessions}")
+                break
+            if all(s["state"] in ("closed", "failed") for s in sessions) or \
+                    time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        if not isinstance(sessions, list):
+            continue
+        if not res.expected_recording:
+            if sessions:
+                res.problems.append("a SIPREC session exists although the policy said no")
+            continue
+        if len(sessions) != 1:
+            res.problems.append(f"{len(sessions)} SIPREC sessions (expected 1)")
+            continue
+        sess = sessions[0]
+        if sess["state"] != "closed" or sess.get("established_at") is None:
+            res.problems.append(f"SIPREC session {sess['state']}: {sess.get('reason')}")
+            continue
+        found = _srs_session(servers, sess["rs_call_id"])
+        if found is None:
+            res.problems.append("the SRS never saw the SIPREC session")
+            continue
+        res.siprec_srs, srs = found
+        res.siprec_packets = {k: st.packets for k, st in sorted(srs.labels.items())}
+        bad = [f"{f.rule} {f.message}" for f in srs.metadata_findings + srs.sip_findings
+               if f.severity.value == "error"]
+        res.problems += [f"SRS: {b}" for b in bad]
+        if len(srs.labels) != 2 or not all(srs.labels[k].packets > 0 for k in srs.labels):
+            res.problems.append(f"SRS streams without media: {res.siprec_packets}")
+        if srs.bye_from != "src":
+            res.problems.append(f"SRS session not ended by the SRC's BYE ({srs.end_reason})")
 
 
 def _verify(site: Site, events: list[dict[str, Any]],
             rec_dirs: dict[str, Path]) -> list[CallResult]:
     by_call: dict[str, dict[str, dict[str, Any]]] = {}
     for ev in events:
-        by_call.setdefault(ev["call_id"], {})[ev["event"]] = ev
+        if ev.get("event") in ("answered", "reinvite", "ended", "failed"):  # not rs_* events
+            by_call.setdefault(ev["call_id"], {})[ev["event"]] = ev
     node_by_ng = {f"udp:{n.ng.address}:{n.ng.port}": n.name for n in site.media.nodes}
     required = site.recording.required_metadata
     out = []

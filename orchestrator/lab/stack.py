@@ -47,6 +47,7 @@ class LabStack:
         self.controller_proc: subprocess.Popen[bytes] | None = None
         self.site_file = self.workdir / "site.yaml"
         self.controller_log = self.workdir / "logs" / "controller.log"
+        self.store = self.workdir / "controller.sqlite"  # the lab's own, never the site's
         self.rec_dirs = {n.name: self.workdir / "recordings" / n.name for n in site.media.nodes}
 
     # ------------------------------------------------------------------ lifecycle
@@ -111,7 +112,8 @@ class LabStack:
         log = open(self.controller_log, "ab")
         try:
             self.controller_proc = subprocess.Popen(
-                [sys.executable, "-m", "orchestrator.cli", "serve", str(self.site_file)],
+                [sys.executable, "-m", "orchestrator.cli", "serve", str(self.site_file),
+                 "--store", str(self.store)],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 cwd=self.workdir, start_new_session=True)
         finally:
