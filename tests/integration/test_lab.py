@@ -24,8 +24,14 @@ def test_lab_run(tmp_path, capsys) -> None:
         if call["kind"] == "recorded":
             assert call["pcap_packets"] > 50
             assert {"call-id", "from", "to", "rule", "edge"} <= set(call["metadata_keys"])
+            # recorded over SIPREC too: both streams carried media to the reference SRS
+            assert call["siprec_srs"] == "lab-srs-1"
+            assert len(call["siprec_packets"]) == 2
+            assert all(n > 20 for n in call["siprec_packets"].values()), call
         else:
             assert call["pcap_packets"] is None and call["rule"] == "opt-out"
+            assert call["siprec_srs"] is None
     # what it ran is kept for the operator
     assert (tmp_path / "configs" / "kamailio" / "edge1" / "kamailio.cfg").is_file()
     assert list((tmp_path / "recordings" / "rtp1" / "metadata").glob("rtpengine-meta-*.txt"))
+    assert len(list((tmp_path / "srs" / "lab-srs-1").glob("*.json"))) == 2  # SRS session records
