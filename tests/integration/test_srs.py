@@ -8,10 +8,14 @@ session records, JSON files, pcaps and WAVs are checked after each call.
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
+import signal
 import socket
 import struct
+import subprocess
+import sys
 import time
 import wave
 from collections.abc import Callable, Iterator
@@ -36,6 +40,7 @@ from orchestrator.siprec import (
 )
 from orchestrator.siprec.multipart import parse_multipart
 from orchestrator.siprec.sip import SipMessage
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -517,3 +522,33 @@ def test_malformed_and_unknown_requests(make_srs: Callable[..., SrsServer]) -> N
     src.request("FOO")
     src.expect(501)
     src.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_cli_runs_until_a_signal(sig: signal.Signals, tmp_path: Path) -> None:
+    port = free_port()
+    base = free_port() & ~1
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "srs", "--listen", f"{HOST}:{port}",
+         "--dir", str(tmp_path), "--rtp-ports", f"{base}-{base + 9}", "--json"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert proc.stderr is not None
+        banner = proc.stderr.readline().decode()
+        assert f"listening on sip:srs@{HOST}:{port}" in banner
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # it answers meanwhile
+            s.settimeout(2)
+            s.sendto(f"OPTIONS sip:srs@{HOST}:{port} SIP/2.0\r\nVia: SIP/2.0/UDP {HOST}:9;"
+                     "branch=z9hG4bKo1;rport\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:srs@b>\r\n"
+                     "Call-ID: o1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n".encode(),
+                     (HOST, port))
+            assert s.recv(65535).startswith(b"SIP/2.0 200 OK")
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
+    assert out == b""  # no session, nothing on stdout
