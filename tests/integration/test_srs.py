@@ -16,6 +16,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 import wave
 from collections.abc import Callable, Iterator
@@ -218,17 +219,19 @@ def directions(msg: SipMessage) -> dict[str, str]:
 def make_srs(tmp_path: Path) -> Iterator[Callable[..., SrsServer]]:
     servers: list[SrsServer] = []
 
-    def make(transports: tuple[str, ...] = ("udp", "tcp"), **behaviour: object) -> SrsServer:
+    def make(transports: tuple[str, ...] = ("udp", "tcp"),
+             on_end: Callable[[SrsSession], None] | None = None,
+             **behaviour: object) -> SrsServer:
         base = free_port("udp") & ~1
         cfg = SrsConfig(address=HOST, port=free_port("udp"), transports=transports,
                         record_dir=tmp_path / "rec", rtp_address=HOST, rtp_port_min=base,
                         rtp_port_max=min(base + 60, 65534), name="srs1",
                         behaviour=Behaviour(**behaviour), **TIMERS)  # type: ignore[arg-type]
-        srs = SrsServer(cfg)
+        srs = SrsServer(cfg, on_session_end=on_end)
         try:
             srs.start()
         except Exception:  # the free port was taken meanwhile: one retry on port 0
-            srs = SrsServer(SrsConfig(**{**cfg.__dict__, "port": 0}))
+            srs = SrsServer(SrsConfig(**{**cfg.__dict__, "port": 0}), on_session_end=on_end)
             srs.start()
         servers.append(srs)
         return srs
@@ -552,3 +555,142 @@ def test_cli_runs_until_a_signal(sig: signal.Signals, tmp_path: Path) -> None:
             proc.wait()
     assert proc.returncode == 0
     assert out == b""  # no session, nothing on stdout
+
+
+def _raw(srs: SrsServer, src: Src, first: str, *, body: bytes = b"", ctype: str | None = None,
+         length: int | None = None, contact: bool = True, call_id: str = "m1") -> bytes:
+    lines = [first, f"Via: SIP/2.0/{src.transport.upper()} {HOST}:{src.port};branch=z9hG4bK"
+             f"{secrets.token_hex(4)};rport", f"From: <sip:src@{HOST}>;tag=mf",
+             f"To: <{srs.uri}>", f"Call-ID: {call_id}", f"CSeq: 1 {first.split()[0]}",
+             "Require: siprec"]
+    if contact:
+        lines.append(f"Contact: <sip:src@{HOST}:{src.port}>;+sip.src")
+    if ctype:
+        lines.append(f"Content-Type: {ctype}")
+    lines.append(f"Content-Length: {len(body) if length is None else length}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def test_malformed_inputs_get_400_or_488_and_no_thread_error(
+        make_srs: Callable[..., SrsServer], caplog: pytest.LogCaptureFixture) -> None:
+    srs = make_srs()
+    src = Src(srs)
+    invite = f"INVITE {srs.uri} SIP/2.0"
+    no_m = b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+    cases = [
+        (_raw(srs, src, invite, body=b"--x\r\n", ctype="multipart/mixed", call_id="a"), 400),
+        (_raw(srs, src, invite, body=no_m, ctype="application/sdp", call_id="b"), 488),
+        (_raw(srs, src, invite, body=offer_sdp(), ctype="application/sdp", contact=False,
+              call_id="c"), 400),
+        (_raw(srs, src, invite, body=b"v=0\r\n", ctype="application/sdp", length=500,
+              call_id="d"), 400),
+        (_raw(srs, src, invite, body=b"m=audio x RTP/AVP 0\r\n", ctype="application/sdp",
+              call_id="e"), 400),
+        (_raw(srs, src, invite, call_id="f"), 488),
+    ]
+    for data, status in cases:
+        src.send(data)
+        msg = src.recv()
+        while msg.status == 100:
+            msg = src.recv()
+        assert msg.status == status, (data[:60], msg.start_line)
+    for junk in (b"SIP/2.0 200 OK\r\n\r\n", b"SIP/2.0 200 OK\r\nVia: x\r\nCSeq: 1 INVITE\r\n\r\n",
+                 b"\r\n\r\n", bytes(range(256)), b"INVITE sip:x SIP/2.0\r\n\r\n"):
+        src.send(junk)
+    src.request("OPTIONS", in_dialog=False)
+    assert src.expect(200).header("cseq") == "1 OPTIONS"
+    # TCP: a header block without Content-Length gets 400 and the connection is closed
+    tcp = Src(srs, "tcp")
+    tcp.send(f"OPTIONS {srs.uri} SIP/2.0\r\nVia: SIP/2.0/TCP {HOST}:{tcp.port};branch=z9hG4bKt"
+             f"\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:b@c>\r\nCall-ID: t1\r\nCSeq: 1 OPTIONS"
+             "\r\n\r\n".encode())
+    assert tcp.expect(400).header("call-id") == "t1"
+    with pytest.raises(TimeoutError, match="closed"):
+        tcp.recv(timeout=1)
+    tcp.close()
+    src.close()
+    assert all(s.state == "rejected" for s in srs.sessions())
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+
+
+def test_metadata_only_update_and_offerless_reinvite(make_srs: Callable[..., SrsServer]) -> None:
+    srs = make_srs()
+    src = Src(srs)
+    ok = src.establish()
+    partial = build_metadata(hold_update(src.rec, src.rec.participants[0].participant_id),
+                             check=False)
+    src.request("UPDATE", body=partial, ctype="application/rs-metadata+xml")
+    upd = src.expect(200)
+    assert upd.body == b""  # no offer, no answer
+    src.request("INVITE", body=partial, ctype="application/rs-metadata+xml")
+    reinv = src.expect(200)
+    assert reinv.body == ok.body  # RFC 3261 §14.2: the 2xx carries an offer, unchanged SDP
+    src.ack()
+    s = one(srs, lambda s: len(s.reinvites) == 2)
+    assert [(r["method"], r["had_sdp"], r["datamode"]) for r in s.reinvites] == \
+        [("UPDATE", False, "partial"), ("INVITE", False, "partial")]
+    assert not [f for f in s.metadata_findings if f.severity == "error"], s.metadata_findings
+    src.close()
+
+
+def test_tcp_bye_reconnects_when_the_src_closed_its_connection(
+        make_srs: Callable[..., SrsServer]) -> None:
+    srs = make_srs(bye_after=0.3)
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind((HOST, 0))
+    listener.listen(1)
+    listener.settimeout(3)
+    src = Src(srs, "tcp")
+    src.contact_uri = f"sip:siprec-src@{HOST}:{listener.getsockname()[1]};transport=tcp"
+    src.establish()
+    one(srs, lambda s: s.acked_at is not None)
+    src.sock.close()
+    conn, _ = listener.accept()  # the SRS connects to the Contact to send its BYE
+    src.sock, src.buf = conn, b""
+    bye = src.expect(method="BYE")
+    assert (bye.header("via") or "").startswith("SIP/2.0/TCP ")
+    src.answer(bye)
+    s = one(srs, lambda s: s.bye_status == 200)
+    assert s.bye_from == "srs"
+    conn.close()
+    listener.close()
+
+
+def test_stop_ends_open_sessions_and_writes_their_json(
+        make_srs: Callable[..., SrsServer]) -> None:
+    ended: list[SrsSession] = []
+    srs = make_srs(on_end=ended.append)
+    src = Src(srs)
+    src.establish()
+    one(srs, lambda s: s.acked_at is not None)
+    srs.stop()
+    s = srs.sessions()[0]
+    assert (s.state, s.end_reason, s.bye_from) == ("terminated", "server stopped", None)
+    record = json.loads(Path(s.json_path or "").read_text())
+    assert record["state"] == "terminated" and record["acked_at"] is not None
+    assert [e.session_id for e in ended] == [s.session_id]
+    assert summarize_pcap(Path(s.labels["1"].pcap_path or "").read_bytes()).packets == 0
+    src.close()
+
+
+def test_stop_from_the_session_end_callback(tmp_path: Path) -> None:
+    base = free_port() & ~1
+    cfg = SrsConfig(address=HOST, port=0, record_dir=tmp_path, rtp_port_min=base,
+                    rtp_port_max=base + 9, name="cb", behaviour=Behaviour(reject=486),
+                    **TIMERS)  # type: ignore[arg-type]
+    srs = SrsServer(cfg, on_session_end=lambda s: srs.stop())
+    srs.start()
+    src = Src(srs)
+    src.invite()
+    src.expect(100)
+    src.expect(486)
+
+    def srs_threads() -> list[str]:
+        return [t.name for t in threading.enumerate() if t.name.startswith("srs-cb-")]
+
+    deadline = time.monotonic() + 2
+    while srs_threads() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert srs_threads() == []
+    assert srs.sessions()[0].state == "rejected"
+    src.close()

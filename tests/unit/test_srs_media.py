@@ -176,3 +176,24 @@ def test_stream_recorder_counts_and_ignores_while_inactive(tmp_path: Path) -> No
     assert summarize_pcap(Path(stats.pcap_path).read_bytes()).packets == 2
     with wave.open(stats.wav_path or "") as r:
         assert r.getnframes() == 320
+
+
+def test_stream_recorder_survives_a_write_error(tmp_path: Path) -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    stats = StreamStats("1", sock.getsockname()[1], 8, "PCMA/8000", "recvonly")
+    try:
+        rec = StreamRecorder(sock, stats, record_dir=tmp_path, basename="full")
+        assert rec.pcap is not None
+
+        def disk_full(*_args: object) -> None:
+            raise OSError(28, "No space left on device")
+
+        rec.pcap.write = disk_full  # type: ignore[method-assign]
+        rec.on_datagram(rtp(1, 0, pt=8), ("127.0.0.1", 1), now=1.0)
+        rec.on_datagram(rtp(2, 160, pt=8), ("127.0.0.1", 1), now=2.0)
+        rec.close()
+    finally:
+        sock.close()
+    assert stats.packets == 2 and "No space" in (stats.write_error or "")
+    assert rec.pcap is None and rec.wav is None

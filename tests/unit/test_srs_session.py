@@ -169,3 +169,20 @@ def test_config_errors(kwargs: dict[str, object], error: str) -> None:
 def test_behaviour_errors(kwargs: dict[str, object], error: str) -> None:
     with pytest.raises(LabError, match=error):
         Behaviour(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("host", "allowed", "public_ok"), [
+    ("127.0.0.1", True, True), ("10.1.2.3", True, True), ("192.168.0.9", True, True),
+    ("172.16.0.1", True, True), ("8.8.8.8", False, True), ("1.1.1.1", False, True),
+    ("localhost", True, True), ("no-such-host.invalid", False, False),
+])
+def test_srs_only_sends_to_loopback_or_private_targets(host: str, allowed: bool,
+                                                       public_ok: bool, tmp_path: Path) -> None:
+    from orchestrator.lab.srs import SrsServer
+
+    for allow_public, expected in ((False, allowed), (True, public_ok)):
+        srs = SrsServer(SrsConfig(record_dir=tmp_path, allow_public_targets=allow_public))
+        try:
+            assert srs._target_allowed(host) is expected
+        finally:
+            srs.stop()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from orchestrator.errors import SipError
 from orchestrator.lab.srs.sip import (
@@ -273,3 +275,33 @@ def test_dialog_target_refresh_ignores_a_bad_contact() -> None:
 def test_dialog_from_a_bad_invite(mutation: tuple[bytes, bytes], error: str) -> None:
     with pytest.raises(SipError, match=error):
         Dialog.from_invite(parse_sip_message(INVITE.replace(*mutation)), "t", "udp")
+
+
+# --------------------------------------------------------------------------- fuzz
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=200), max_size=8))
+def test_framer_never_raises_anything_but_sip_error(chunks: list[bytes]) -> None:
+    f = StreamFramer()
+    for chunk in chunks:
+        try:
+            for m in f.feed(chunk):
+                assert b"\r\n\r\n" in m
+        except SipError:
+            assert f.error is not None
+            return
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=400), st.sampled_from([b"", INVITE[:120], INVITE]))
+def test_lenient_message_and_request_problem_never_crash(junk: bytes, prefix: bytes) -> None:
+    data = prefix + junk
+    msg = lenient_message(data)
+    if msg is not None:
+        build_response(msg, 400)
+    try:
+        parsed = parse_sip_message(data)
+    except SipError:
+        return
+    if parsed.method is not None:
+        request_problem(parsed)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+import logging
 import socket
 import struct
 import time
@@ -21,6 +22,8 @@ from typing import IO, BinaryIO
 
 from ...errors import LabError, RecordingError
 from .session import StreamStats
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "LINKTYPE_RAW",
@@ -288,15 +291,28 @@ class StreamRecorder:
         if st.first_at is None:
             st.first_at = now
         st.last_at = now
-        if self.pcap is not None:
-            self.pcap.write(now, src, self.local, data)
-        if self.wav is not None and pkt.payload_type == st.payload_type:
-            self.wav.write(pkt)
+        try:
+            if self.pcap is not None:
+                self.pcap.write(now, src, self.local, data)
+            if self.wav is not None and pkt.payload_type == st.payload_type:
+                self.wav.write(pkt)
+        except OSError as exc:  # disk full, file gone: keep counting, stop writing
+            log.error("stream %s: cannot write the recording, stopped writing: %s",
+                      st.label, exc)
+            st.write_error = str(exc)
+            self._close_writers()
+            self.pcap = self.wav = None
 
     def close(self) -> None:
         """Finalise the files (the socket is closed by the media loop that reads it)."""
         self.closed = True
+        self._close_writers()
+
+    def _close_writers(self) -> None:
         for w in (self.pcap, self.wav):
             if w is not None:
-                w.close()
+                try:
+                    w.close()
+                except OSError as exc:
+                    log.error("stream %s: closing %s: %s", self.stats.label, w.path, exc)
 

@@ -244,6 +244,12 @@ class _Loop:
             pass
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            self._cleanup()
+
+    def _loop(self) -> None:
         while not self._stopping:
             with self._tlock:
                 if self._calls:
@@ -286,13 +292,21 @@ class _Loop:
             log.exception("%s: error in %s", self.name, getattr(fn, "__name__", fn))
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Stop the loop; from another thread this waits for it and closes its sockets."""
         self._stopping = True
-        self._wake()
-        if self._thread.is_alive() and not self.in_loop():
+        if self.in_loop():
+            return  # _run cleans up when the current callback returns
+        if self._thread.is_alive():
+            self._wake()
             self._thread.join(timeout)
-        if self._closed:
-            return
-        self._closed = True
+        else:
+            self._cleanup()
+
+    def _cleanup(self) -> None:
+        with self._tlock:
+            if self._closed:
+                return
+            self._closed = True
         for key in list(self._sel.get_map().values()):
             fileobj = key.fileobj
             if isinstance(fileobj, socket.socket):
@@ -496,6 +510,9 @@ class SrsServer:
     def stop(self) -> None:
         """Stop the threads, end open sessions (files finalised, JSON written), close sockets."""
         if self._state != "running":
+            if self._state == "new":  # never started: just release the loops' sockets
+                self._sip.stop()
+                self._media.stop()
             self._state = "stopped"
             return
         self._state = "stopped"

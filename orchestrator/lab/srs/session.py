@@ -89,6 +89,7 @@ class StreamStats:
     last_at: float | None = None
     pcap_path: str | None = None
     wav_path: str | None = None
+    write_error: str | None = None
     participants: list[dict[str, str | None]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -98,7 +99,8 @@ class StreamStats:
                 "packets_while_inactive": self.packets_while_inactive,
                 "invalid_packets": self.invalid_packets, "first_at": self.first_at,
                 "last_at": self.last_at, "pcap_path": self.pcap_path,
-                "wav_path": self.wav_path, "participants": list(self.participants)}
+                "wav_path": self.wav_path, "write_error": self.write_error,
+                "participants": list(self.participants)}
 
 
 @dataclass
