@@ -19,7 +19,17 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Self
 
 from ..errors import NgError, NgOverloaded, NgProtocolError, NgTimeout, NgUnsupported
-from .codec import CookieJar, Encoding, NgDict, bencode_encode, decode_body, json_encode, text
+from .codec import (
+    CookieJar,
+    Encoding,
+    NgDict,
+    bencode_encode,
+    decode_body,
+    json_document,
+    json_encode,
+    ng_value,
+    text,
+)
 from .reply import Reply
 from .transports import Transport, _log
 
@@ -148,8 +158,7 @@ class NgClient:
         cookie = self._cookies.next()
         raw = self.transport.request(cookie, cookie + b" " + self._message(command, params, kw),
                                      self.timeout if timeout is None else timeout)
-        data, _ = decode_body(raw)
-        return self._check(command, data)
+        return self._reply(command, raw)
 
     def call_many(self, requests: Iterable[tuple[str, Params | None]], *, window: int = 64,
                   timeout: float | None = None) -> list[Reply | Exception]:
@@ -166,13 +175,32 @@ class NgClient:
         def decode(k: int, body: bytes) -> Reply | Exception:
             # runs as each reply arrives, while rtpengine works on the next requests
             try:
-                return self._check(commands[k], decode_body(body)[0])
+                return self._reply(commands[k], body, keep=False)
             except (NgError, NgProtocolError) as exc:
                 return exc
 
         out = self.transport.request_many(items, self.timeout if timeout is None else timeout,
                                           window, decode)
         return [NgTimeout("no reply") if r is None else r for r in out]
+
+    def _reply(self, command: str, body: bytes, keep: bool = True) -> Reply:
+        """Decode a reply body and check its result. A JSON success reply is parsed by the C
+        JSON parser alone and converted to bytes lazily (:class:`Reply`); bencode, error
+        results and JSON with ``\\u`` escapes (which may hold lone surrogates) are
+        decoded in full at once. ``keep=False`` keeps the JSON text instead of the
+        parsed document (for batches: see :class:`Reply`)."""
+        if body[:1] == b"{" and b"\\u" not in body:
+            doc = json_document(body)
+            result = doc.get("result")
+            if result == "ok" or result == "pong":
+                self._supported.add(command)
+                if "warning" in doc:
+                    _log().warning("rtpengine %s: %s: %s", self.name, command,
+                                   text(ng_value(doc["warning"])))
+                return Reply.from_document(doc, command) if keep else \
+                    Reply.from_document(None, command, body)
+            return self._check(command, ng_value(doc))
+        return self._check(command, decode_body(body)[0])
 
     def _check(self, command: str, data: NgDict) -> Reply:
         result = data.get(b"result")
@@ -198,7 +226,7 @@ class NgClient:
     def ping(self, *, timeout: float | None = None) -> None:
         """``ping`` → ``pong``; raises otherwise."""
         r = self.call("ping", timeout=timeout)
-        if r.data.get(b"result") != b"pong":
+        if r.get("result") != b"pong":
             raise NgProtocolError(f"ping answered with {r.result!r}, not 'pong'")
 
     def offer(self, call_id: Text, from_tag: Text, sdp: Text, *, label: Text | None = None,

@@ -15,10 +15,11 @@ losslessly (UTF-8 with ``surrogateescape``). Every decoding problem raises
 from __future__ import annotations
 
 import json
+import json.scanner
 import os
 from collections.abc import Iterator
 from itertools import count
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from ..errors import NgProtocolError
 
@@ -30,7 +31,7 @@ MAX_DEPTH = 64  # rtpengine replies nest ~8 deep; anything far deeper is garbage
 
 __all__ = ["CookieJar", "Encoding", "NgDict", "StreamDecoder", "bencode_decode",
            "bencode_encode", "bencode_end", "decode_body", "decode_message", "encode_body",
-           "encode_message", "json_decode", "json_encode", "split_cookie", "text", "to_bytes",
+           "encode_message", "json_decode", "json_document", "json_encode", "ng_value", "split_cookie", "text", "to_bytes",
            "to_text"]
 
 
@@ -196,10 +197,12 @@ def bencode_end(data: bytes, start: int = 0) -> int | None:
 
 
 # ----------------------------------------------------------------------------- JSON
+_json_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def json_encode(value: Any) -> bytes:
     """JSON with bytes carried verbatim (raw bytes inside JSON strings, bytes-safe)."""
-    return json.dumps(to_text(value), ensure_ascii=False, separators=(",", ":")).encode(
-        "utf-8", "surrogateescape")
+    return _json_encoder.encode(to_text(value)).encode("utf-8", "surrogateescape")
 
 
 _intern: dict[str, bytes] = {}  # short strings recur in every reply (keys, "IPv4", ...)
@@ -237,6 +240,16 @@ def _jobject(pairs: list[tuple[str, Any]]) -> dict[bytes, Any]:
 
 
 _json_decoder = json.JSONDecoder(object_pairs_hook=_jobject)
+_json_plain = json.JSONDecoder()  # all in C: strings stay str until asked for
+_json_scan = json.scanner.make_scanner(cast(Any, _json_plain))  # the C scanner
+
+
+def _json_error(exc: Exception, doc: str, start: int) -> NgProtocolError:
+    if isinstance(exc, json.JSONDecodeError):
+        # exc.pos counts characters; map back to a byte offset
+        off = start + len(doc[:exc.pos].encode("utf-8", "surrogateescape"))
+        return NgProtocolError(f"JSON: {exc.msg}", offset=off)
+    return NgProtocolError(f"JSON: {exc}", offset=start)
 
 
 def json_decode(data: bytes, start: int = 0) -> Any:
@@ -244,12 +257,40 @@ def json_decode(data: bytes, start: int = 0) -> Any:
     doc = data[start:].decode("utf-8", "surrogateescape")
     try:
         return _jvalue(_json_decoder.decode(doc))
-    except json.JSONDecodeError as exc:
-        # exc.pos counts characters; map back to a byte offset
-        off = start + len(doc[:exc.pos].encode("utf-8", "surrogateescape"))
-        raise NgProtocolError(f"JSON: {exc.msg}", offset=off) from None
-    except (RecursionError, ValueError, UnicodeError) as exc:
-        raise NgProtocolError(f"JSON: {exc}", offset=start) from None
+    except (RecursionError, ValueError, UnicodeError) as exc:  # JSONDecodeError is a ValueError
+        raise _json_error(exc, doc, start) from None
+
+
+def json_document(data: bytes, start: int = 0) -> dict[str, Any]:
+    """Decode a JSON NG body as plain JSON types, strings left as ``str`` (undecodable
+    bytes as surrogate escapes): the C parser alone, about 3x faster than
+    :func:`json_decode`. :func:`ng_value` converts (parts of) it to the bytes form."""
+    doc = data[start:].decode("utf-8", "surrogateescape")
+    try:
+        # the C scanner directly (json's decode() adds two regex matches for whitespace)
+        value, end = _json_scan(doc, 0)
+        if end != len(doc):
+            raise ValueError
+    except (StopIteration, RecursionError, ValueError):
+        try:  # the slow path finds the error and its position (or allows whitespace)
+            value = _json_plain.decode(doc)
+        except (RecursionError, ValueError) as exc:
+            raise _json_error(exc, doc, start) from None
+    if not isinstance(value, dict):
+        raise NgProtocolError("NG body is not a dictionary", offset=start)
+    return value
+
+
+def ng_value(value: Any) -> Any:
+    """A value from :func:`json_document` in the decoded representation (str → bytes)."""
+    t = type(value)
+    if t is str:
+        return _jbytes(value)
+    if t is dict:
+        return {_jbytes(k): ng_value(v) for k, v in value.items()}
+    if t is list:
+        return [ng_value(v) for v in value]
+    return value
 
 
 # ----------------------------------------------------------------------------- messages

@@ -212,12 +212,12 @@ class UdpTransport(Transport):
         except OSError as exc:
             raise self._recv_error(exc) from exc
 
-    def _recv_error(self, exc: OSError) -> NgTransportError:
+    def _recv_error(self, exc: OSError, what: str = "receive") -> NgTransportError:
         if isinstance(exc, ConnectionRefusedError):
             # ICMP port unreachable on the connected socket: nothing listens there
             return NgTransportError(f"{self.label}: connection refused (is rtpengine "
                                     f"listening?)")
-        return NgTransportError(f"{self.label}: receive failed: {exc}")
+        return NgTransportError(f"{self.label}: {what} failed: {exc}")
 
     def _send(self, sock: socket.socket, message: bytes) -> None:
         try:
@@ -338,17 +338,29 @@ class UdpTransport(Transport):
         if window < 1:
             raise ValueError("window must be at least 1")
         sock = self._socket()
-        n = len(items)
-        results: list[Any] = [None] * n
-        # cookie -> [index, message, deadline, next send, retransmission interval]
-        inflight: dict[bytes, list[Any]] = {}
+        results: list[Any] = [None] * len(items)
         if not self._reader.acquire(True, timeout):
             raise NgTimeout(f"{self.label}: socket busy for {timeout:g} s")
         try:
-            pending = self._pending
-            first = min(self.first_retry, timeout)
-            todo = 0
-            next_check = float("inf")  # the earliest deadline or retransmission in flight
+            self._pipeline(sock, items, results, timeout, window, decode)
+        finally:
+            self._reader.release()
+            self._handover()
+        return results
+
+    def _pipeline(self, sock: socket.socket, items: list[tuple[bytes, bytes]],
+                  results: list[Any], timeout: float, window: int,
+                  decode: Callable[[int, bytes], Any] | None) -> None:
+        n = len(items)
+        pending = self._pending
+        send, recv, bufsize = sock.send, sock.recv, self.bufsize
+        kernel_timeout = self._kernel_timeout
+        first = min(self.first_retry, timeout)
+        # cookie -> [index, message, deadline, next send, retransmission interval]
+        inflight: dict[bytes, list[Any]] = {}
+        todo = 0
+        next_check = float("inf")  # the earliest deadline or retransmission in flight
+        try:
             while todo < n or inflight:
                 now = _monotonic()
                 if todo < n and len(inflight) < window:
@@ -358,7 +370,7 @@ class UdpTransport(Transport):
                         if cookie in inflight or cookie in pending:
                             raise ValueError(f"cookie {cookie!r} is already in flight")
                         inflight[cookie] = [k, message, now + timeout, now + first, first]
-                        self._send(sock, message)
+                        send(message)
                     todo = stop
                     if now + first < next_check:
                         next_check = now + first
@@ -366,9 +378,20 @@ class UdpTransport(Transport):
                     next_check = self._timers(sock, inflight, results, now, timeout)
                     if not inflight:
                         continue
-                data = self._recv(sock, next_check - now)
-                if data is None:
-                    continue
+                remaining = next_check - now
+                if kernel_timeout:
+                    armed = self._armed
+                    if armed > remaining + 0.001 or armed < remaining * 0.5:
+                        self._arm(sock, remaining)
+                    try:
+                        data = recv(bufsize)
+                    except BlockingIOError:  # SO_RCVTIMEO expired
+                        continue
+                else:
+                    got = self._recv(sock, remaining)
+                    if got is None:
+                        continue
+                    data = got
                 sp = data.find(b" ", 0, 128)
                 st = inflight.pop(data[:sp], None) if sp > 0 else None
                 if st is None:
@@ -377,10 +400,10 @@ class UdpTransport(Transport):
                     results[st[0]] = data[sp + 1:]
                 else:
                     results[st[0]] = decode(st[0], data[sp + 1:])
-        finally:
-            self._reader.release()
-            self._handover()
-        return results
+        except NgTransportError:
+            raise
+        except OSError as exc:
+            raise self._recv_error(exc, "send/receive") from exc
 
     def _timers(self, sock: socket.socket, inflight: dict[bytes, list[Any]],
                 results: list[Any], now: float, timeout: float) -> float:
