@@ -419,3 +419,29 @@ def test_record_cli_uses_the_controller(stack: LabStack) -> None:
     finally:
         call.bye()
         call.close()
+
+
+def test_edge_restart_reconnects_evapi(stack: LabStack) -> None:
+    """Kamailio restarted under the controller: the lost evapi connection shows in the
+    metrics, comes back by itself, and calls are recorded again."""
+    kam = stack.daemons[-1]
+    before = stack.metrics().get('siprecctl_evapi_reconnects_total{edge="edge1"}', 0.0)
+    kam.stop()
+    wait(lambda: stack.metrics()['siprecctl_evapi_connected{edge="edge1"}'] == 0.0, 5,
+         "the controller to notice the lost connection")
+    kam.start()
+    kam.wait_ready(15)
+    wait(lambda: stack.metrics()['siprecctl_evapi_connected{edge="edge1"}'] == 1.0, 15,
+         "the evapi connection to come back")
+    assert stack.metrics()['siprecctl_evapi_reconnects_total{edge="edge1"}'] == before + 1
+    assert "evapi edge1: connection to" in stack.controller_log.read_text()
+    stack.events.close()  # type: ignore[attr-defined]
+    events = EventReader((stack.edge.evapi.address, stack.edge.evapi.port))
+    events.start()
+    stack.events = events  # type: ignore[attr-defined]
+    call = lab_call(stack, **{"X-Customer-Id": "AFTER-RESTART"})
+    try:
+        established(stack, call.call_id)
+    finally:
+        call.bye()
+        call.close()
