@@ -25,14 +25,31 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="skip reconciliation with the daemons at start")
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=lambda a: _guarded(a))
 
 
 def _addr(value: str) -> tuple[str, int]:
+    from .ng import UsageError
+
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit():
-        raise SystemExit(f"siprecctl serve: --api expects ADDR:PORT, got {value!r}")
-    return host, int(port)
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--api: expected ADDR:PORT, got {value!r}")
+    import ipaddress
+
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        raise UsageError(f"--api: {host!r} is not an IP address") from None
+    if not (ip.is_loopback or ip.is_private) or ip.is_unspecified:
+        # security by default: the API starts and stops recordings
+        raise UsageError(f"--api: {host} is not a loopback or private address")
+    return host.strip("[]"), int(port)
+
+
+def _guarded(args: argparse.Namespace) -> int:
+    from .ng import run_guarded
+
+    return run_guarded(run, args)
 
 
 def run(args: argparse.Namespace) -> int:
