@@ -381,6 +381,8 @@ def test_no_answer_mode(make_srs: Callable[..., SrsServer]) -> None:
         src.recv(timeout=1.0)
     s = one(srs, lambda s: s.ignored)
     assert s.state == "early"
+    assert [m for m, _ in s.metadata_docs] == ["complete"]  # checked, though unanswered
+    assert not [f for f in s.sip_findings if f.severity == "error"]
     src.close()
 
 
@@ -694,3 +696,22 @@ def test_stop_from_the_session_end_callback(tmp_path: Path) -> None:
     assert srs_threads() == []
     assert srs.sessions()[0].state == "rejected"
     src.close()
+
+
+def test_only_max_sessions_are_kept_in_memory(tmp_path: Path) -> None:
+    base = free_port() & ~1
+    cfg = SrsConfig(address=HOST, port=0, record_dir=tmp_path, rtp_port_min=base,
+                    rtp_port_max=base + 9, max_sessions=2, behaviour=Behaviour(reject=480),
+                    **TIMERS)  # type: ignore[arg-type]
+    with SrsServer(cfg) as srs:
+        call_ids = []
+        for _ in range(4):
+            src = Src(srs)
+            call_ids.append(src.call_id)
+            src.invite()
+            src.expect(100)
+            src.expect(480)
+            src.close()
+        kept = srs.wait_for(lambda ss: all(s.ended for s in ss), 2)
+    assert [s.call_id for s in kept] == call_ids[-2:]
+    assert len(list(tmp_path.glob("*.json"))) == 4  # the files stay

@@ -124,7 +124,8 @@ class SrsConfig:
     ``port`` 0 picks a free port (read it back from :attr:`SrsServer.port`). ``t1``/``t2``
     are RFC 3261's timers; ``timer_b`` is how long the SRS's own requests wait for a final
     response (Timer B/F). ``allow_public_targets`` lets the SRS send requests to a Contact
-    outside loopback and private ranges.
+    outside loopback and private ranges. At most ``max_sessions`` sessions are kept in memory
+    (the oldest ended ones are dropped; their files stay).
     """
 
     address: str = "127.0.0.1"
@@ -140,6 +141,7 @@ class SrsConfig:
     t2: float = 4.0
     timer_b: float = 32.0
     allow_public_targets: bool = False
+    max_sessions: int = 10000
 
     def __post_init__(self) -> None:
         for what, addr in (("address", self.address), ("rtp_address", self.rtp_address)):
@@ -158,6 +160,8 @@ class SrsConfig:
             raise LabError(f"name: {self.name!r}; expected letters, digits, '.', '_' or '-'")
         if not (self.t1 > 0 and self.t2 >= self.t1 and self.timer_b > 0):
             raise LabError("timers: need t1 > 0, t2 >= t1 and timer_b > 0")
+        if self.max_sessions < 1:
+            raise LabError("max_sessions: must be at least 1")
 
 
 # --------------------------------------------------------------------------- event loop
@@ -787,16 +791,20 @@ class SrsServer:
         tx.call = call
         self._calls[rec.session_id] = call
         log.info("session %s: INVITE %s from %s", rec.session_id, rec.call_id, rec.remote)
-        if b.no_answer:
-            rec.ignored = True
-            tx.ignored = True
-            return
-        self._respond(tx, 100)
+        self._forget_old_sessions()
+        if not b.no_answer:
+            self._respond(tx, 100)
         sdp, meta, problem = self._split_body(msg)
         sip_f, meta_f = check_request(call.validator, tx.raw, initial=True, source="INVITE",
                                       sdp=sdp)
         rec.sip_findings.extend(sip_f)
         rec.metadata_findings.extend(meta_f)
+        if b.no_answer:  # checked and recorded, but nothing goes on the wire
+            rec.ignored = True
+            tx.ignored = True
+            if meta is not None:
+                self._record_metadata(call, meta, in_request=True)
+            return
         tags = require_tags(msg)
         unknown = [t for t in tags if t != "siprec"]
         if unknown:
@@ -835,6 +843,14 @@ class SrsServer:
             call.timers.append(self._sip.call_later(b.answer_delay, self._answer, call))
         else:
             self._answer(call)
+
+    def _forget_old_sessions(self) -> None:
+        """Keep at most ``max_sessions`` in memory, dropping the oldest ended ones."""
+        excess = len(self._calls) - self.config.max_sessions
+        if excess <= 0:
+            return
+        for sid in [sid for sid, c in self._calls.items() if c.record.ended][:excess]:
+            del self._calls[sid]
 
     @staticmethod
     def _split_body(msg: SipMessage) -> tuple[bytes | None, bytes | None, str | None]:
