@@ -8,6 +8,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from orchestrator.errors import (
     NgError,
@@ -17,8 +19,8 @@ from orchestrator.errors import (
     NgTransportError,
     NgUnsupported,
 )
-from orchestrator.ng import MockTransport, NgClient, UdpTransport
-from orchestrator.ng.codec import decode_message, encode_message
+from orchestrator.ng import MockTransport, NgClient, Reply, UdpTransport
+from orchestrator.ng.codec import decode_body, decode_message, encode_message, text
 
 
 def client(handler: Callable[[dict[str, Any]], Any], **kw: Any) -> tuple[NgClient, MockTransport]:
@@ -332,3 +334,140 @@ def test_udp_replies_reach_their_callers(peer_factory: Callable[..., Peer]) -> N
         for t in threads:
             t.join(10)
     assert results == {i: f"call-{i}".encode() for i in range(16)}
+
+
+# ----------------------------------------------------------------------------- lazy replies
+QUERY = (b'{"created":1700000000,"tags":{"ft":{"tag":"ft","label":"caller","medias":'
+         b'[{"streams":[{"stats":{"packets":3,"bytes":480}}]}]}},"sdp":"v=0\\r\\n\xff",'
+         b'"result":"ok"}')
+
+
+def test_lazy_json_reply_equals_full_decode() -> None:
+    ng, _ = client(lambda r: QUERY)
+    r = ng.call("query", call_id="c1")
+    tags = r["tags"]  # converted on first look-up, then the same object
+    assert r["tags"] is tags and tags[b"ft"][b"label"] == b"caller"
+    assert r["sdp"] == b"v=0\r\n\xff" and r.text("sdp") == "v=0\r\n\udcff"
+    assert "created" in r and "nope" not in r and r.get("nope") is None
+    assert len(r) == 4 and sorted(r) == ["created", "result", "sdp", "tags"]
+    assert r.data == decode_body(QUERY)[0] and r.data[b"tags"] is tags
+    assert r == Reply(decode_body(QUERY)[0], "query")
+    assert r.to_json()["sdp"] == "v=0\r\n\ufffd"
+    info = ng.query("c1")
+    assert info.tags["ft"].packets == 3 and info.tags["ft"].label == "caller"
+
+
+def test_call_many_replies_keep_json_text_until_used() -> None:
+    ng, _ = client(lambda r: QUERY if r.get("call-id") != "bad" else
+                   {"result": "error", "error-reason": "Unknown call-id"})
+    out = ng.call_many([("query", {"call-id": "a"}), ("query", {"call-id": "bad"})])
+    assert isinstance(out[0], Reply) and isinstance(out[1], NgError)
+    assert out[0]["tags"][b"ft"][b"tag"] == b"ft"
+    assert out[0].data == decode_body(QUERY)[0]
+
+
+def test_json_reply_with_lone_surrogate_escape_is_protocol_error() -> None:
+    # \ud800 cannot become bytes: such replies are decoded in full at once, and fail there
+    ng, _ = client(lambda r: b'{"result":"ok","x":"\\ud800"}')
+    with pytest.raises(NgProtocolError):
+        ng.call("query", call_id="c1")
+    ng, _ = client(lambda r: b'{"result":"ok","x":"\\u00e9"}')
+    assert ng.call("query", call_id="c1")["x"] == "é".encode()
+
+
+@given(st.binary(max_size=200))
+@settings(max_examples=500, deadline=None)
+def test_any_reply_body_gives_a_reply_or_a_typed_error(body: bytes) -> None:
+    ng, _ = client(lambda r: body)
+    for fetch in (lambda: [ng.call("query", call_id="c")], lambda: ng.call_many([("query", {})])):
+        try:
+            out = fetch()
+        except (NgError, NgProtocolError):
+            continue
+        for r in out:
+            if isinstance(r, Reply):  # a reply, once returned, converts without errors
+                assert r.data == decode_body(body)[0]
+                assert dict(r) == {text(k): v for k, v in r.data.items()}
+            else:
+                assert isinstance(r, (NgError, NgProtocolError))
+
+
+# ----------------------------------------------------------------------------- UDP pipelining
+def test_udp_call_many_retransmits_each_request(peer_factory: Callable[..., Peer]) -> None:
+    # the first datagram of every request is lost: each is retransmitted on its own timer
+    seen: set[bytes] = set()
+
+    def script(ck: bytes, body: dict[bytes, Any], n: int) -> list[bytes]:
+        if ck not in seen:
+            seen.add(ck)
+            return []
+        return [encode_message(ck, {"result": "ok", "echo": body.get(b"call-id")}, "json")]
+
+    p = peer_factory(script)
+    with NgClient(p.address, timeout=3.0, first_retry=0.05) as ng:
+        out = ng.call_many([("query", {"call-id": f"c{i}"}) for i in range(10)], window=3)
+        assert [r["echo"] for r in out] == [f"c{i}".encode() for i in range(10)]  # type: ignore[index]
+        assert isinstance(ng.transport, UdpTransport)
+        assert ng.transport.retransmissions == 10
+
+
+def test_udp_call_many_keeps_retransmitting_after_a_timeout(peer_factory: Callable[..., Peer]) -> None:
+    # "dead" is never answered and times out with the window empty behind it; the requests
+    # sent after that still get their own retransmission schedule (first datagrams lost)
+    seen: set[bytes] = set()
+
+    def script(ck: bytes, body: dict[bytes, Any], n: int) -> list[bytes]:
+        if body.get(b"call-id") == b"dead" or ck not in seen:
+            seen.add(ck)
+            return []
+        return [encode_message(ck, {"result": "ok"}, "json")]
+
+    p = peer_factory(script)
+    with NgClient(p.address, timeout=0.4, first_retry=0.05, max_retry=0.05) as ng:
+        out = ng.call_many([("query", {"call-id": "dead"}), ("query", {"call-id": "a"}),
+                            ("query", {"call-id": "b"})], window=1)
+    assert isinstance(out[0], NgTimeout)
+    assert isinstance(out[1], Reply) and isinstance(out[2], Reply)
+
+
+def test_udp_threads_and_call_many_share_the_socket(peer_factory: Callable[..., Peer]) -> None:
+    # one thread pipelines while others wait: whoever reads the socket hands replies over
+    p = peer_factory(lambda ck, body, n: [encode_message(
+        ck, {"result": "ok", "echo": body.get(b"call-id")}, "json")])
+    results: dict[str, bytes] = {}
+    batch: list[Any] = []
+    with NgClient(p.address, timeout=5.0, first_retry=1.0) as ng:
+        def single(i: int) -> None:
+            for k in range(20):
+                results[f"t{i}-{k}"] = ng.call("query", call_id=f"t{i}-{k}")["echo"]
+
+        def many() -> None:
+            batch.extend(ng.call_many([("query", {"call-id": f"m{k}"}) for k in range(200)],
+                                      window=16))
+
+        threads = [threading.Thread(target=single, args=(i,)) for i in range(6)]
+        threads.append(threading.Thread(target=many))
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+    assert results == {k: k.encode() for k in results} and len(results) == 120
+    assert [r["echo"] for r in batch] == [f"m{k}".encode() for k in range(200)]
+
+
+def test_udp_without_kernel_timeouts(peer_factory: Callable[..., Peer],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # platforms without a usable SO_RCVTIMEO fall back to Python socket timeouts
+    import orchestrator.ng.transports as transports
+
+    monkeypatch.setattr(transports, "_KERNEL_TIMEOUT", False)
+    p = peer_factory(lambda ck, body, n: [] if n < 2 else
+                     [encode_message(ck, {"result": "pong"}, "json")])
+    with NgClient(p.address, timeout=2.0, first_retry=0.05) as ng:
+        ng.ping()
+        assert len(ng.call_many([("ping", None)] * 5)) == 5
+        assert isinstance(ng.transport, UdpTransport)
+        assert not ng.transport._kernel_timeout and ng.transport.retransmissions == 1
+    p2 = peer_factory(lambda ck, body, n: [])
+    with NgClient(p2.address, timeout=0.2, first_retry=0.05) as ng, pytest.raises(NgTimeout):
+        ng.ping()

@@ -17,7 +17,9 @@ from orchestrator.ng.codec import (
     decode_message,
     encode_message,
     json_decode,
+    json_document,
     json_encode,
+    ng_value,
     split_cookie,
     text,
 )
@@ -186,10 +188,37 @@ def test_json_roundtrip_bytes_safe(d: dict) -> None:
     assert json_decode(json_encode(d)) == _norm(d)
 
 
+@given(dicts)
+@settings(max_examples=300, deadline=None)
+def test_json_document_then_ng_value_equals_json_decode(d: dict) -> None:
+    wire = json_encode(d)
+    assert ng_value(json_document(wire)) == json_decode(wire) == _norm(d)
+
+
+def test_json_document_keeps_str_and_types_errors() -> None:
+    doc = json_document(b'{"sdp":"v=0\\r\\n\xff","n":[1,{"a":null}]}')  # raw byte 0xff
+    assert doc == {"sdp": "v=0\r\n\udcff", "n": [1, {"a": None}]}
+    assert ng_value(doc) == {b"sdp": b"v=0\r\n\xff", b"n": [1, {b"a": None}]}
+    assert json_document(b' {"a": 1} ') == {"a": 1}  # whitespace: the slow path accepts it
+    with pytest.raises(NgProtocolError, match="not a dictionary"):
+        json_document(b"[1]")
+    with pytest.raises(NgProtocolError) as ei:
+        json_document(b'{"a":1}x')
+    assert ei.value.offset == 7
+    with pytest.raises(NgProtocolError) as ei:
+        json_document('{"é": x}'.encode(), 0)
+    assert ei.value.offset == 7  # in bytes (the character offset is 6)
+    with pytest.raises(NgProtocolError):
+        json_document(b"")
+    with pytest.raises(NgProtocolError):
+        json_document(b"[" * 100000)
+
+
 @given(st.binary(max_size=300))
 @settings(max_examples=1000, deadline=None)
 def test_decode_raises_only_protocol_errors(data: bytes) -> None:
-    for fn in (decode_message, lambda b: decode_body(b), bencode_decode, json_decode):
+    for fn in (decode_message, lambda b: decode_body(b), bencode_decode, json_decode,
+               json_document):
         try:
             fn(data)
         except NgProtocolError:
