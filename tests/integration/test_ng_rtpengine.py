@@ -16,7 +16,7 @@ import pytest
 
 from orchestrator.errors import NgError, NgUnsupported
 from orchestrator.lab.procs import Rtpengine, free_port
-from orchestrator.ng import NgClient, UdpTransport
+from orchestrator.ng import NgClient, Reply, UdpTransport
 from orchestrator.ng.codec import decode_message
 
 pytestmark = pytest.mark.integration
@@ -281,6 +281,23 @@ def test_call_many_pipelined(rtpengine: Daemon) -> None:
         assert isinstance(out[1], NgError)
         assert all(r["result"] == b"pong" for r in out[2:])  # type: ignore[index]
         ng.delete("cm-1", "ft")
+
+
+def test_lazy_json_query_equals_bencode_query(rtpengine: Daemon) -> None:
+    # the JSON client converts a reply on first use (and call_many keeps only its text):
+    # the same call queried over bencode, decoded in full, must give the same data
+    with rtpengine.client(encoding="json") as js, rtpengine.client(encoding="bencode") as be:
+        js.offer("lz-1", "ft", sdp(5300), label="caller")
+        js.answer("lz-1", "ft", "tt", sdp(5302), label="callee")
+        volatile = {b"last signal", b"last redis update"}
+        lazy, many = js.call("query", call_id="lz-1"), js.call_many([("query", {"call-id": "lz-1"})])[0]
+        full = be.call("query", call_id="lz-1")
+        assert isinstance(many, Reply)
+        assert lazy["tags"] == full["tags"] == many["tags"]
+        for r in (lazy, many):
+            assert {k: v for k, v in r.data.items() if k not in volatile} == \
+                {k: v for k, v in full.data.items() if k not in volatile}
+        js.delete("lz-1", "ft")
 
 
 def test_tcp_large_message_single_write(rtpengine: Daemon) -> None:
