@@ -715,3 +715,40 @@ def test_only_max_sessions_are_kept_in_memory(tmp_path: Path) -> None:
         kept = srs.wait_for(lambda ss: all(s.ended for s in ss), 2)
     assert [s.call_id for s in kept] == call_ids[-2:]
     assert len(list(tmp_path.glob("*.json"))) == 4  # the files stay
+
+
+def test_glare_retransmitted_2xx_and_481_after_bye(make_srs: Callable[..., SrsServer]) -> None:
+    srs = make_srs(refresh_after=0.05)
+    src = Src(srs)
+    src.establish()
+    theirs = src.expect(method="INVITE")
+    # RFC 3261 §14.2: the SRC's re-INVITE while the SRS's is pending gets 491
+    branch = src.request("INVITE", body=offer_sdp(2), ctype="application/sdp")
+    msg = src.recv()
+    while msg.method == "INVITE":  # Timer A retransmissions of the SRS's re-INVITE
+        msg = src.recv()
+    assert msg.status == 491
+    src.ack(branch=branch)  # hop-by-hop ACK of a non-2xx: same branch (RFC 3261 §17.1.1.3)
+
+    def next_not_invite(timeout: float = 2.0) -> SipMessage:
+        m = src.recv(timeout)
+        while m.method == "INVITE":  # a Timer A retransmission still in flight
+            m = src.recv(timeout)
+        return m
+
+    src.answer(theirs, body=offer_sdp(1))
+    got = [next_not_invite()]
+    src.answer(theirs, body=offer_sdp(1))  # a retransmitted 2xx is ACKed again
+    got.append(next_not_invite())
+    with pytest.raises(TimeoutError):  # and nothing else: no 491 retransmissions
+        got.append(next_not_invite(timeout=0.3))
+    assert [m.method for m in got] == ["ACK", "ACK"]
+    assert got[0].header("cseq") == got[1].header("cseq") == \
+        (theirs.header("cseq") or "").replace("INVITE", "ACK")
+    s = one(srs, lambda s: len(s.reinvites) == 1)
+    assert s.reinvites[0]["status"] == 200
+    src.request("BYE")
+    src.expect(200)
+    src.request("INVITE", body=offer_sdp(3), ctype="application/sdp")
+    src.expect(481)
+    src.close()
