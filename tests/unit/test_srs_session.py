@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import IllegalTransition, LabError
-from orchestrator.lab.srs import Behaviour, SrsConfig, SrsSession, StreamStats
+from orchestrator.lab.srs import Behaviour, SrsConfig, SrsFinding, SrsSession, StreamStats
 from orchestrator.lab.srs.checks import (
     ParticipantMap,
     check_request,
@@ -85,7 +85,7 @@ def test_session_json_is_complete_and_serialisable() -> None:
     s = SrsSession("srs1-x", "siprec-1", "udp", "127.0.0.1:5060", started_at=1.5)
     s.labels["1"] = StreamStats("1", 40000, 0, "PCMU/8000", "recvonly", packets=3, ssrcs=[7])
     s.sip_findings.append(Finding("R02", Severity.ERROR, 4, "no +sip.src", "INVITE"))
-    s.sip_findings.append(Finding("S01", Severity.ERROR, None, "no ACK"))
+    s.sip_findings.append(SrsFinding("S01", Severity.ERROR, None, "no ACK"))
     s.metadata_docs.append(("complete", 2.0))
     d = json.loads(s.to_json())
     assert d == s.to_dict()
@@ -93,6 +93,7 @@ def test_session_json_is_complete_and_serialisable() -> None:
     assert [(f["rule"], f["slug"], f["severity"]) for f in d["sip_findings"]] == \
         [("R02", "contact-src", "error"), ("S01", "ack", "error")]
     assert d["metadata_docs"] == [["complete", 2.0]]
+    assert [f.as_dict() for f in s.sip_findings] == d["sip_findings"]  # S rules too
     assert not s.ended
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from .media import PcapWriter, RtpPortPool, WavWriter, parse_rtp
 from .server import Behaviour, SrsConfig, SrsServer
-from .session import SRS_RULES, SrsSession, StreamStats
+from .session import SRS_RULES, SrsFinding, SrsSession, StreamStats
 
 __all__ = [
     "SRS_RULES",
@@ -25,6 +25,7 @@ __all__ = [
     "PcapWriter",
     "RtpPortPool",
     "SrsConfig",
+    "SrsFinding",
     "SrsServer",
     "SrsSession",
     "StreamStats",

@@ -44,7 +44,7 @@ from ...siprec.multipart import (
     parse_siprec_body,
     snapshot_request_headers,
 )
-from ...siprec.rules import Finding, Severity
+from ...siprec.rules import Severity
 from ...siprec.sip import SipMessage, parse_sip_message
 from ...siprec.validator import Profile, RecordingSessionValidator
 from .checks import ParticipantMap, check_request, metadata_datamode, require_tags
@@ -57,7 +57,7 @@ from .sdp import (
     offer_direction,
     parse_offer,
 )
-from .session import SrsSession, StreamStats, next_state
+from .session import SrsFinding, SrsSession, StreamStats, next_state
 from .sip import (
     ALLOW,
     BRANCH_COOKIE,
@@ -419,7 +419,7 @@ class _Call:
 
     def finding(self, rule: str, severity: Severity, message: str,
                 source: str | None = None) -> None:
-        self.record.sip_findings.append(Finding(rule, severity, None, message, source))
+        self.record.sip_findings.append(SrsFinding(rule, severity, None, message, source))
 
 
 def _safe(name: str) -> str:

@@ -18,6 +18,7 @@ __all__ = [
     "SRS_RULES",
     "STATES",
     "TRANSITIONS",
+    "SrsFinding",
     "SrsSession",
     "StreamStats",
     "finding_dict",
@@ -63,6 +64,15 @@ def finding_dict(f: Finding) -> dict[str, Any]:
     slug = RULES[f.rule].slug if f.rule in RULES else SRS_RULES.get(f.rule, (f.rule, ""))[0]
     return {"rule": f.rule, "slug": slug, "severity": f.severity.value, "line": f.line,
             "message": f.message, "source": f.source}
+
+
+@dataclass(frozen=True, slots=True)
+class SrsFinding(Finding):
+    """A finding of the SRS's own checks (``S01``–``S06``); :meth:`as_dict` knows their slugs
+    (``Finding.as_dict`` only knows the validator's R rules)."""
+
+    def as_dict(self) -> dict[str, object]:
+        return finding_dict(self)
 
 
 @dataclass
