@@ -5,16 +5,24 @@ Runs against one real rtpengine on loopback (started here, userspace, unless ``-
 a running one). For ``ping`` and ``query`` at concurrency 1, 8 and 64 it measures replies/s
 and p50/p99 latency for
 
-* **client** -- N threads sharing one :class:`NgClient` (UDP, bencode): cookie generation,
-  encoding, reply matching by cookie, decoding and result checks included;
+* **client** -- N threads sharing one :class:`NgClient` (UDP, JSON by default): cookie
+  generation, encoding, reply matching by cookie, decoding and result checks included;
 * **floor** -- N threads sharing one connected UDP socket, each sending pre-built datagrams
   (unique cookies, so rtpengine does the same work: its reply cache is keyed by cookie) and
   receiving one datagram per send, no parsing, no matching.
 
-Both use the same socket pattern (one socket, N threads, N requests in flight), so the ratio
-client/floor is the cost of the client itself. For context it also reports a pipelined
-single-thread floor (a window of N datagrams in flight, no threads), and the CLI cold start:
-``siprecctl ng ping`` next to rtpengine-utils' Perl ``rtpengine-ng-client ping``.
+Both use the same socket pattern (one socket, N threads, N requests in flight, blocking
+socket with the receive timeout in the kernel, as the client's), so the ratio client/floor
+is the cost of the client itself. The same comparison is made pipelined from one thread:
+``NgClient.call_many`` with a window of N against a floor keeping N pre-built datagrams in
+flight. Plus the CLI cold start: ``siprecctl ng ping`` next to rtpengine-utils' Perl
+``rtpengine-ng-client ping``.
+
+The floor's socket used to have a Python timeout (``settimeout``): CPython then polls
+before every recv, and with 64 threads polling one socket every datagram woke all of
+them, so the threaded floor collapsed at concurrency 64 and flattered the client. It now
+blocks in ``recv`` with ``SO_RCVTIMEO`` (the kernel wakes one thread per datagram), like
+the client.
 
     .venv/bin/python bench/ng_throughput.py [--runs 5] [--duration 2] [--json]
 """
@@ -84,9 +92,14 @@ def _run_threads(n: int, worker: Any, duration: float) -> tuple[int, float, list
 ENCODING: Encoding = "json"
 
 
-def bench_client(addr: tuple[str, int], command: str, n: int, duration: float) -> dict[str, float]:
+def bench_client(addr: tuple[str, int], command: str, n: int, duration: float) -> dict[str, Any]:
     with NgClient(addr, timeout=5.0, encoding=ENCODING) as ng:
-        op = ng.ping if command == "ping" else (lambda: ng.query(CALL_ID))
+        if command == "ping":
+            op: Any = ng.ping
+        elif command == "query":
+            op = lambda: ng.query(CALL_ID)  # noqa: E731
+        else:  # "query+tags": and read the participants (converts most of the reply)
+            op = lambda: ng.query(CALL_ID).tags  # noqa: E731
 
         def worker(i: int, stop: threading.Event, lat: list[float]) -> int:
             pc = time.perf_counter
@@ -103,22 +116,28 @@ def bench_client(addr: tuple[str, int], command: str, n: int, duration: float) -
 
 
 def bench_client_pipelined(addr: tuple[str, int], command: str, window: int,
-                           duration: float) -> dict[str, float]:
+                           duration: float) -> dict[str, Any]:
     """``NgClient.call_many``: one thread, ``window`` requests in flight."""
     params = None if command == "ping" else {"call-id": CALL_ID}
-    batch = [(command, params)] * (window * 50)
+    read = command == "query+tags"  # and look up each reply's "tags"
+    batch = [("query" if read else command, params)] * (window * 50)
     done = 0
     with NgClient(addr, timeout=5.0, encoding=ENCODING) as ng:
         t0 = time.perf_counter()
         while time.perf_counter() - t0 < duration:
             out = ng.call_many(batch, window=window)
-            done += sum(not isinstance(r, Exception) for r in out)
+            for r in out:
+                if not isinstance(r, Exception):
+                    done += 1
+                    if read:
+                        r.get("tags")
         elapsed = time.perf_counter() - t0
-    return {"rps": done / elapsed}
+    return {"rps": done / elapsed, "count": done, "elapsed": elapsed}
 
 
 def _datagrams(command: str, thread: int, count: int) -> list[bytes]:
     msg = {"command": command} if command == "ping" else {"command": "query", "call-id": CALL_ID}
+    # (the floor of "query+tags" is the query floor: a raw socket reads nothing)
     body = json_encode(msg) if ENCODING == "json" else bencode_encode(msg)
     prefix = os.urandom(4).hex().encode()
     return [b"%s_%d_%d %s" % (prefix, thread, i, body) for i in range(count)]
@@ -139,7 +158,7 @@ def _raw_socket(addr: tuple[str, int], timeout: float) -> socket.socket:
 
 
 def bench_floor(addr: tuple[str, int], command: str, n: int, duration: float,
-                per_thread: int) -> dict[str, float]:
+                per_thread: int) -> dict[str, Any]:
     sock = _raw_socket(addr, 0.5)
     pre = [_datagrams(command, i, per_thread) for i in range(n)]
 
@@ -166,7 +185,7 @@ def bench_floor(addr: tuple[str, int], command: str, n: int, duration: float,
 
 
 def bench_pipelined(addr: tuple[str, int], command: str, window: int, duration: float,
-                    total: int) -> dict[str, float]:
+                    total: int) -> dict[str, Any]:
     """One thread keeps ``window`` datagrams in flight (the socket's own ceiling)."""
     sock = _raw_socket(addr, 1.0)
     dgrams = _datagrams(command, 0, total)
@@ -187,11 +206,12 @@ def bench_pipelined(addr: tuple[str, int], command: str, window: int, duration: 
             sent += 1
     elapsed = time.perf_counter() - t0
     sock.close()
-    return {"rps": got / elapsed}
+    return {"rps": got / elapsed, "count": got, "elapsed": elapsed}
 
 
-def _result(count: int, elapsed: float, lats: list[float]) -> dict[str, float]:
-    return {"rps": count / elapsed, "p50_us": percentile(lats, 50) * 1e6,
+def _result(count: int, elapsed: float, lats: list[float]) -> dict[str, Any]:
+    return {"rps": count / elapsed, "count": count, "elapsed": elapsed, "lats": lats,
+            "p50_us": percentile(lats, 50) * 1e6,
             "p99_us": percentile(lats, 99) * 1e6}
 
 
@@ -228,20 +248,44 @@ def setup_call(addr: tuple[str, int]) -> None:
         ng.answer(CALL_ID, "bench-a", "bench-b", SDP.format(port=7002), label="b")
 
 
-def one_run(addr: tuple[str, int], duration: float,
-            concurrency: list[int]) -> dict[str, Any]:
+def _merge(parts: list[dict[str, Any]]) -> dict[str, float]:
+    """Slices of one measurement → replies/s over all of them, latency percentiles over all
+    samples."""
+    count = sum(p["count"] for p in parts)
+    out = {"rps": count / sum(p["elapsed"] for p in parts)}
+    if "lats" in parts[0]:
+        lats = [x for p in parts for x in p["lats"]]
+        out["p50_us"] = percentile(lats, 50) * 1e6
+        out["p99_us"] = percentile(lats, 99) * 1e6
+    return out
+
+
+def one_run(addr: tuple[str, int], duration: float, concurrency: list[int],
+            slices: int) -> dict[str, Any]:
+    """Client and floor alternate in ``slices`` slices of ``duration / slices`` each, so
+    both see the same background load (this machine is shared) and their ratio is taken
+    side by side."""
     res: dict[str, Any] = {}
-    for command in ("ping", "query"):
-        for n in concurrency:
-            c = bench_client(addr, command, n, duration)
-            # enough pre-built datagrams for 3x the client's rate
-            per_thread = int(max(c["rps"], 1000) * duration * 3 / n) + 100
-            f = bench_floor(addr, command, n, duration, per_thread)
-            p = bench_pipelined(addr, command, n, duration, int(f["rps"] * duration * 3) + 100)
-            cp = bench_client_pipelined(addr, command, n, duration)
-            res[f"{command}/{n}"] = {"client": c, "floor": f, "pipelined": p,
-                                     "client_pipelined": cp, "ratio": c["rps"] / f["rps"],
-                                     "ratio_pipelined": cp["rps"] / p["rps"]}
+    d = duration / slices
+    for command in ("ping", "query", "query+tags"):
+        for n in concurrency if command != "query+tags" else concurrency[:1]:
+            parts: dict[str, list[dict[str, Any]]] = {
+                "client": [], "floor": [], "pipelined": [], "client_pipelined": []}
+            for _ in range(slices):
+                c = bench_client(addr, command, n, d)
+                parts["client"].append(c)
+                # enough pre-built datagrams for 3x the client's rate
+                per_thread = int(max(c["rps"], 1000) * d * 3 / n) + 100
+                f = bench_floor(addr, command, n, d, per_thread)
+                parts["floor"].append(f)
+                parts["pipelined"].append(
+                    bench_pipelined(addr, command, n, d, int(f["rps"] * d * 3) + 100))
+                parts["client_pipelined"].append(bench_client_pipelined(addr, command, n, d))
+            m = {k: _merge(v) for k, v in parts.items()}
+            m["ratio"] = m["client"]["rps"] / m["floor"]["rps"]  # type: ignore[assignment]
+            m["ratio_pipelined"] = (m["client_pipelined"]["rps"]  # type: ignore[assignment]
+                                    / m["pipelined"]["rps"])
+            res[f"{command}/{n}"] = m
     return res
 
 
@@ -251,6 +295,8 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5, help="repeat everything, report medians")
     ap.add_argument("--duration", type=float, default=2.0, help="seconds per measurement")
     ap.add_argument("--concurrency", default="1,8,64")
+    ap.add_argument("--slices", type=int, default=3,
+                    help="client and floor alternate in this many slices per measurement")
     ap.add_argument("--cold-runs", type=int, default=20)
     ap.add_argument("--encoding", choices=("json", "bencode"), default="json",
                     help="NG encoding of the client and the floor's datagrams (default json)")
@@ -276,7 +322,7 @@ def main() -> int:
             rtp.wait_ready()
         try:
             setup_call(addr)
-            runs = [one_run(addr, args.duration, conc) for _ in range(args.runs)]
+            runs = [one_run(addr, args.duration, conc, args.slices) for _ in range(args.runs)]
             cold = cold_start(addr, args.cold_runs)
         finally:
             if rtp is not None:
@@ -297,7 +343,8 @@ def main() -> int:
         }
     report = {"encoding": args.encoding, "machine": {"cpu": _cpu(), "cores": os.cpu_count(), "python": sys.version.split()[0],
                           "platform": platform.platform()},
-              "runs": args.runs, "duration_s": args.duration, "results": summary,
+              "runs": args.runs, "duration_s": args.duration, "slices": args.slices,
+              "results": summary,
               "cold_start": cold}
     if args.json:
         json.dump(report, sys.stdout, indent=2)
@@ -305,7 +352,7 @@ def main() -> int:
         return 0
     print(f"# {report['machine']['cpu']}, {os.cpu_count()} cores, Python "
           f"{report['machine']['python']}; {args.encoding}; medians of {args.runs} runs x "
-          f"{args.duration:g} s")
+          f"{args.duration:g} s (client and floor alternating in {args.slices} slices)")
     print("| command | conc | client rep/s | p50 µs | p99 µs | floor rep/s | p50 µs | p99 µs "
           "| client/floor | call_many rep/s | pipelined floor rep/s | call_many/floor |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
