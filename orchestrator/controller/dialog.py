@@ -44,6 +44,15 @@ class RsReply:
     contact: str | None  # the Contact URI (remote target)
     content_type: str | None
     body: bytes
+    record_route: tuple[str, ...] = ()  # Record-Route URIs, in the order received
+
+
+def _uris(values: list[str]) -> tuple[str, ...]:
+    """The URIs of (possibly comma-joined) Record-Route values."""
+    out: list[str] = []
+    for v in values:
+        out += re.findall(r"<([^>]+)>", v)
+    return tuple(out)
 
 
 def _tag(value: str | None) -> str | None:
@@ -60,7 +69,8 @@ def parse_rs_reply(code: int, reason: str, text: str) -> RsReply:
     return RsReply(code=int(code), reason=reason, to_tag=_tag(msg.header("to")),
                    from_tag=_tag(msg.header("from")),
                    contact=parse_name_addr(contact).uri if contact else None,
-                   content_type=msg.header("content-type"), body=msg.body)
+                   content_type=msg.header("content-type"), body=msg.body,
+                   record_route=_uris(msg.header_all("record-route")))
 
 
 def reply_from_event(ev: dict[str, object]) -> RsReply:
@@ -92,6 +102,7 @@ class RsDialog:
     remote_target: str | None = None  # the SRS's Contact
     cseq: int = 1
     invite_cseq: int = 1
+    route_set: list[str] = field(default_factory=list)
     extra: list[tuple[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -138,6 +149,15 @@ class RsDialog:
         self.local_tag = sip_safe(reply.from_tag, "From tag")
         if reply.contact:
             self.remote_target = sip_safe(reply.contact, "Contact")
+        # RFC 3261 §12.1.2: the UAC's route set is the Record-Route, reversed
+        self.route_set = [sip_safe(u, "Record-Route") for u in reversed(reply.record_route)]
+
+    def nexthop(self) -> str:
+        """Where an in-dialog request goes first: a loose router of the route set, or ''
+        (the Request-URI). Strict routers (no ;lr) are not supported."""
+        if self.route_set and ";lr" in self.route_set[0]:
+            return self.route_set[0]
+        return ""
 
     def request(self, method: str, content_type: str | None = None) -> tuple[str, str, int]:
         """An in-dialog request: (Request-URI, header block, CSeq number)."""
@@ -150,6 +170,7 @@ class RsDialog:
             ("Call-ID", self.call_id),
             ("CSeq", f"{self.cseq} {method}"),
             ("Contact", f"<{self.contact}>;+sip.src"),
+            *(("Route", f"<{uri}>") for uri in self.route_set),
         ]
         if method in ("INVITE", "UPDATE"):
             hdrs.append(("Require", "siprec"))
@@ -162,7 +183,8 @@ class RsDialog:
                 "remote_uri": self.remote_uri, "contact": self.contact,
                 "transport": self.transport, "local_tag": self.local_tag,
                 "remote_tag": self.remote_tag, "remote_target": self.remote_target,
-                "cseq": self.cseq, "invite_cseq": self.invite_cseq}
+                "cseq": self.cseq, "invite_cseq": self.invite_cseq,
+                "route_set": list(self.route_set)}
 
     @classmethod
     def from_dict(cls, d: dict[str, object]) -> RsDialog:
@@ -173,7 +195,8 @@ class RsDialog:
                    remote_uri=str(d["remote_uri"]), contact=str(d["contact"]),
                    transport=str(d.get("transport") or "udp"), local_tag=s("local_tag"),
                    remote_tag=s("remote_tag"), remote_target=s("remote_target"),
-                   cseq=int(str(d.get("cseq", 1))), invite_cseq=int(str(d.get("invite_cseq", 1))))
+                   cseq=int(str(d.get("cseq", 1))), invite_cseq=int(str(d.get("invite_cseq", 1))),
+                   route_set=[str(u) for u in _list(d.get("route_set"))])
 
 
 def _block(hdrs: list[tuple[str, str]]) -> str:
@@ -215,3 +238,7 @@ def with_origin(sdp: bytes, previous: bytes) -> bytes:
     if new is None or old is None:
         raise SipError("SDP has no o= line")
     return sdp[:new.start()] + old.group(0) + sdp[new.end():]
+
+
+def _list(v: object) -> list[object]:
+    return list(v) if isinstance(v, list | tuple) else []

@@ -528,7 +528,8 @@ class Controller:
         with self._lock:
             self._pending[key] = p
         cmd: dict[str, Any] = {"cmd": "uac", "call_id": s.dialog.call_id, "method": method,
-                               "ruri": ruri, "headers": hdrs, "body": body.decode("utf-8")}
+                               "ruri": ruri, "nexthop": s.dialog.nexthop(), "headers": hdrs,
+                               "body": body.decode("utf-8")}
         if sdp is not None:
             cmd["sdp"] = sdp.decode()
         try:

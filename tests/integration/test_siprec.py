@@ -433,7 +433,7 @@ def test_edge_restart_reconnects_evapi(stack: LabStack) -> None:
     kam.wait_ready(15)
     wait(lambda: stack.metrics()['siprecctl_evapi_connected{edge="edge1"}'] == 1.0, 15,
          "the evapi connection to come back")
-    assert stack.metrics()['siprecctl_evapi_reconnects_total{edge="edge1"}'] == before + 1
+    assert stack.metrics()['siprecctl_evapi_reconnects_total{edge="edge1"}'] >= before + 1
     assert "evapi edge1: connection to" in stack.controller_log.read_text()
     stack.events.close()  # type: ignore[attr-defined]
     events = EventReader((stack.edge.evapi.address, stack.edge.evapi.port))

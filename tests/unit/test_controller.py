@@ -260,3 +260,20 @@ def test_session_summary_is_json_friendly() -> None:
     doc = json.loads(json.dumps(s.summary()))
     assert doc["state"] == "subscribed" and doc["history"][0]["to"] == "subscribed"
     assert time.time() - doc["created"] < 60
+
+
+def test_route_set_from_record_route() -> None:
+    d = _dialog()
+    reply = parse_rs_reply(200, "OK", REPLY.replace(
+        "Contact:", "Record-Route: <sip:p2.example;lr>, <sip:p1.example;lr>\r\n"
+        "Record-Route: <sip:p0.example;lr>\r\nContact:"))
+    d.confirm(reply)
+    # RFC 3261 §12.1.2: reversed, and the first loose router is the next hop
+    assert d.route_set == ["sip:p0.example;lr", "sip:p1.example;lr", "sip:p2.example;lr"]
+    assert d.nexthop() == "sip:p0.example;lr"
+    _, hdrs, _ = d.request("BYE")
+    assert hdrs.index("Route: <sip:p0.example;lr>") < hdrs.index("Route: <sip:p2.example;lr>")
+    assert RsDialog.from_dict(d.to_dict()).route_set == d.route_set
+    plain = _dialog()
+    plain.confirm(parse_rs_reply(200, "OK", REPLY))
+    assert plain.route_set == [] and plain.nexthop() == ""
