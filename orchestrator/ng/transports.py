@@ -295,10 +295,11 @@ class UdpTransport(Transport):
                 elif other.reply is None:
                     other.reply = data
                     if other is not w:
-                        if _DONTWAIT:
-                            woken.append(other)
-                        else:  # no non-blocking receive here: wake the owner now
-                            _wake(other)
+                        woken.append(other)
+                        if not _DONTWAIT or len(woken) >= 32:  # do not hold owners long
+                            for o in woken:
+                                _wake(o)
+                            woken.clear()
         finally:
             for o in woken:
                 _wake(o)
