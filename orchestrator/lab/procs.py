@@ -31,6 +31,32 @@ def free_port(proto: str = "udp", host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct ports free for both UDP and TCP on ``host`` (SIP listens on both).
+
+    All candidates stay bound until every one is chosen, so no two are the same; still racy
+    against other processes once released, like :func:`free_port`."""
+    held: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        while len(ports) < n:
+            u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            held.append(u)
+            u.bind((host, 0))
+            port = int(u.getsockname()[1])
+            t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            held.append(t)
+            try:
+                t.bind((host, port))
+            except OSError:
+                continue  # TCP side taken: keep both held (never offered again) and retry
+            ports.append(port)
+        return ports
+    finally:
+        for sock in held:
+            sock.close()
+
+
 def ng_ping(host: str, port: int, timeout: float = 0.5) -> bool:
     """True when an rtpengine answers NG ping on UDP ``host:port``."""
     from ..errors import SiprecctlError

@@ -16,7 +16,7 @@ import pytest
 from orchestrator.errors import NgError
 from orchestrator.lab import sipp
 from orchestrator.lab.events import EventReader
-from orchestrator.lab.procs import free_port
+from orchestrator.lab.procs import free_port, free_ports
 from orchestrator.lab.srs import Behaviour, SrsConfig, SrsServer, SrsSession
 from orchestrator.lab.stack import LabStack
 from orchestrator.lab.ua import CalleeServer, LabCall
@@ -78,9 +78,9 @@ def _site(work: Path, ports: dict[str, Any]) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     work = tmp_path_factory.mktemp("siprec")
-    ports = {"sip": free_port(), "uas": free_port(), "callee": free_port(),
-             "rpc": free_port("tcp"), "evapi": free_port("tcp"), "ng": free_port(),
-             "api": free_port("tcp"), "srs": {n: free_port() for n in SRS_BEHAVIOUR}}
+    free = iter(free_ports(7 + len(SRS_BEHAVIOUR)))  # distinct, UDP and TCP
+    ports = {k: next(free) for k in ("sip", "uas", "callee", "rpc", "evapi", "ng", "api")}
+    ports["srs"] = {n: next(free) for n in SRS_BEHAVIOUR}
     site = validate_data(_site(work, ports), file="test-site")
     srs = [SrsConfig(address="127.0.0.1", port=ports["srs"][n], name=n,
                      record_dir=work / "srs" / n, rtp_port_min=34000 + i * 200,
