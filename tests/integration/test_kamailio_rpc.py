@@ -14,7 +14,7 @@ import pytest
 
 from orchestrator.errors import KamailioError, KamailioRpcError, KamailioUnreachable
 from orchestrator.kamailio import HttpRpcTransport, KamailioClient, KamcliTransport
-from orchestrator.lab.procs import Kamailio, Rtpengine, free_port
+from orchestrator.lab.procs import Kamailio, Rtpengine, free_port, free_ports
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +39,7 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
     ng = free_port()
     rtp = Rtpengine(None, tmp / "rtp", ng=("127.0.0.1", ng), overrides=[
         "--interface=127.0.0.1", "--port-min=46300", "--port-max=46399", "--delete-delay=0"])
-    sip, rpc, evapi = free_port(), free_port("tcp"), free_port("tcp")
+    sip, rpc, evapi = free_ports(3)
     cfg = LAB_CFG.read_text()
     subs = {"127.0.0.1:5060": f"127.0.0.1:{sip}", "tcp:127.0.0.1:5071": f"tcp:127.0.0.1:{rpc}",
             "$Rp != 5071": f"$Rp != {rpc}", "127.0.0.1:8448": f"127.0.0.1:{evapi}",

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.lab.procs import free_port
+from orchestrator.lab.procs import free_port, free_ports
 from orchestrator.lab.srs import Behaviour, SrsConfig, SrsServer, SrsSession
 from orchestrator.recordings.pcap import summarize_pcap
 from orchestrator.siprec import (
@@ -223,7 +223,7 @@ def make_srs(tmp_path: Path) -> Iterator[Callable[..., SrsServer]]:
              on_end: Callable[[SrsSession], None] | None = None,
              **behaviour: object) -> SrsServer:
         base = free_port("udp") & ~1
-        cfg = SrsConfig(address=HOST, port=free_port("udp"), transports=transports,
+        cfg = SrsConfig(address=HOST, port=free_ports(1)[0], transports=transports,
                         record_dir=tmp_path / "rec", rtp_address=HOST, rtp_port_min=base,
                         rtp_port_max=min(base + 60, 65534), name="srs1",
                         behaviour=Behaviour(**behaviour), **TIMERS)  # type: ignore[arg-type]
