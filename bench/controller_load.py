@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from orchestrator.lab import sipp  # noqa: E402
 from orchestrator.lab.events import EventReader  # noqa: E402
-from orchestrator.lab.run import _local_srs, _trunk_addr  # noqa: E402
+from orchestrator.lab.run import local_srs, trunk_addr  # noqa: E402
 from orchestrator.lab.stack import LabStack  # noqa: E402
 from orchestrator.site import load  # noqa: E402
 
@@ -129,10 +129,10 @@ def main() -> int:
     site = load(None)
     work = Path(tempfile.mkdtemp(prefix="siprecctl-bench-"))
     results: list[dict[str, Any]] = []
-    with LabStack(site, work, srs=_local_srs(site, work)) as stack:
+    with LabStack(site, work, srs=local_srs(site, work)) as stack:
         cwd = sipp.workdir(work / "sipp")
         edge = site.edges[0]
-        uas = sipp.uas(cwd, *_trunk_addr(edge.trunk_default.uri))
+        uas = sipp.uas(cwd, *trunk_addr(edge.trunk_default.uri))
         events = EventReader((edge.evapi.address, edge.evapi.port))
         events.start()
         time.sleep(0.3)

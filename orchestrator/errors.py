@@ -23,7 +23,8 @@ errors (sockets, subprocesses, parsers) are translated at the boundary
     ├── SipError                   malformed SIP message, multipart body or SDP
     ├── RecordingError             recording files: unreadable, never modified
     ├── ControllerError            controller / session state machine problems
-    │   └── IllegalTransition      a move the transition table does not allow
+    │   ├── IllegalTransition      a move the transition table does not allow
+    │   └── ControllerUnreachable  no controller API at the address
     └── LabError                   lab topology / process supervision
 """
 
@@ -167,6 +168,12 @@ class IllegalTransition(ControllerError):
     def __init__(self, role: str, state: str, event: str) -> None:
         self.role, self.state, self.event = role, state, event
         super().__init__(f"{role}: event {event!r} is not allowed in state {state!r}")
+
+
+class ControllerUnreachable(ControllerError):
+    """The controller's HTTP API did not answer."""
+
+    exit_code = 3
 
 
 class LabError(SiprecctlError):

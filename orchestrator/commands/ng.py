@@ -41,10 +41,10 @@ def add_target_args(p: argparse.ArgumentParser) -> None:
                    help="seconds per command, retransmissions included (default 2)")
 
 
-def parse_hostport(value: str) -> tuple[str, int]:
+def parse_hostport(value: str, option: str = "--ng") -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UsageError(f"--ng: expected HOST:PORT, got {value!r}")
+        raise UsageError(f"{option}: expected HOST:PORT, got {value!r}")
     return host.strip("[]"), int(port)
 
 

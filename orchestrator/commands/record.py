@@ -12,11 +12,8 @@ Exit codes: 0 ok, 1 refused (rtpengine/controller said error), 2 usage, 3 unreac
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import urllib.error
 import urllib.parse
-import urllib.request
 from typing import Any
 
 from ._output import add_json_flag, print_json
@@ -60,28 +57,18 @@ def _api_url(args: argparse.Namespace) -> str:
 
 
 def _controller_up(url: str) -> bool:
+    from ..controller.client import api_request
+    from ..errors import ControllerUnreachable
+
     try:
-        with urllib.request.urlopen(url + "/health", timeout=1.0):
-            return True
-    except (OSError, urllib.error.URLError):
+        api_request(url, "GET", "/health", timeout=1.0)
+        return True
+    except ControllerUnreachable:
         return False
 
 
-def _post(url: str, path: str, body: dict[str, Any]) -> tuple[int, Any]:
-    req = urllib.request.Request(url + path, data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=40) as resp:
-            return resp.status, json.loads(resp.read() or b"{}")
-    except urllib.error.HTTPError as exc:
-        try:
-            return exc.code, json.loads(exc.read() or b"{}")
-        except ValueError:
-            return exc.code, {"error": exc.reason}
-
-
 def run(args: argparse.Namespace) -> int:
-    from ..errors import ControllerError, KamailioUnreachable
+    from ..errors import ControllerError, ControllerUnreachable
 
     if getattr(args, "metadata", None) is not None and not args.metadata:
         raise UsageError("--metadata must not be empty")
@@ -93,11 +80,10 @@ def run(args: argparse.Namespace) -> int:
             body["local"] = bool(args.local)
             if args.action == "start" and args.group:
                 body["group"] = args.group
+        from ..controller.client import api_request
+
         path = f"/calls/{urllib.parse.quote(args.call_id, safe='')}/{args.action}"
-        try:
-            status, doc = _post(url, path, body)
-        except (OSError, urllib.error.URLError) as exc:
-            raise KamailioUnreachable(f"controller at {url}: {exc}") from exc
+        status, doc = api_request(url, "POST", path, body, timeout=40)
         if status != 200:
             raise ControllerError(f"controller: {doc.get('error', status)}")
         if args.json:
@@ -107,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{args.call_id}: {args.action} done ({state})", file=sys.stderr)
         return EXIT_OK
     if args.action in ("pause", "resume"):
-        raise KamailioUnreachable(f"record {args.action} needs a running controller "
+        raise ControllerUnreachable(f"record {args.action} needs a running controller "
                                   f"(no API at {url or '--api'}; not with --direct)")
     return _direct(args)
 

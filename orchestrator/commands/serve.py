@@ -29,21 +29,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _addr(value: str) -> tuple[str, int]:
-    from .ng import UsageError
-
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UsageError(f"--api: expected ADDR:PORT, got {value!r}")
     import ipaddress
 
+    from .ng import UsageError, parse_hostport
+
+    host, port = parse_hostport(value, "--api")
     try:
-        ip = ipaddress.ip_address(host.strip("[]"))
+        ip = ipaddress.ip_address(host)
     except ValueError:
         raise UsageError(f"--api: {host!r} is not an IP address") from None
     if not (ip.is_loopback or ip.is_private) or ip.is_unspecified:
         # security by default: the API starts and stops recordings
         raise UsageError(f"--api: {host} is not a loopback or private address")
-    return host.strip("[]"), int(port)
+    return host, port
 
 
 def _guarded(args: argparse.Namespace) -> int:

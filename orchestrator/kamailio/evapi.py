@@ -13,7 +13,6 @@ import json
 import logging
 import socket
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -213,13 +212,3 @@ class EvapiClient:
                     log.exception("evapi %s: event handler failed for %s", self.name,
                                   event.get("event"))
 
-
-def wait_until(pred: Callable[[], bool], timeout: float, step: float = 0.02) -> bool:
-    """Poll ``pred`` until true or ``timeout``; returns the last result."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if pred():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(step)

@@ -20,7 +20,6 @@ from typing import Any
 
 from ..errors import LabError
 from ..recordings import check_metafile
-from ..render import render_site, write
 from ..render.check import check_kamailio, check_rtpengine_config
 from ..site.model import Site
 from . import sipp
@@ -67,7 +66,7 @@ class LabReport:
         return d
 
 
-def _trunk_addr(uri: str) -> tuple[str, int]:
+def trunk_addr(uri: str) -> tuple[str, int]:
     hostport = uri.split(":", 1)[1].split(";", 1)[0].rsplit("@", 1)[-1]
     host, _, port = hostport.partition(":")
     return host, int(port or 5060)
@@ -79,10 +78,10 @@ def run_lab(site: Site, workdir: Path, *, calls: int = 3, duration_ms: int = 200
     if len(site.edges) != 1 or not site.edges[0].listen:
         raise LabError("the lab runs sites with exactly one edge")
     edge = site.edges[0]
-    workdir.mkdir(parents=True, exist_ok=True)
-    cfgdir = workdir / "configs"
-    files = render_site(site)
-    write(cfgdir, files)
+    srs_cfgs = local_srs(site, workdir)
+    stack = LabStack(site, workdir, srs=srs_cfgs, controller=bool(srs_cfgs))
+    files = stack.render()
+    cfgdir = stack.cfgdir
     checks = []
     for r in files:
         if r.kind == "kamailio":
@@ -96,14 +95,12 @@ def run_lab(site: Site, workdir: Path, *, calls: int = 3, duration_ms: int = 200
             raise LabError("config check failed:\n" + "\n".join(f.format() for f in bad))
         checks += [f.format() for f in fs]
 
-    srs_cfgs = _local_srs(site, workdir)
-    stack = LabStack(site, workdir, srs=srs_cfgs, controller=bool(srs_cfgs))
     cwd = sipp.workdir(workdir / "sipp")
     uas = None
     sipp_exit: dict[str, int] = {}
     try:
         stack.start()
-        host, port = _trunk_addr(edge.trunk_default.uri)
+        host, port = trunk_addr(edge.trunk_default.uri)
         uas = sipp.uas(cwd, host, port)
         events = EventReader((edge.evapi.address, edge.evapi.port))
         events.start()
@@ -135,12 +132,12 @@ def run_lab(site: Site, workdir: Path, *, calls: int = 3, duration_ms: int = 200
                      round(time.monotonic() - t0, 1))
 
 
-def _local_srs(site: Site, workdir: Path) -> list[SrsConfig]:
+def local_srs(site: Site, workdir: Path) -> list[SrsConfig]:
     """A reference SRS for every SIPREC server of the site on a loopback address."""
     out: list[SrsConfig] = []
     for g in site.recording.srs_groups:
         for i, srv in enumerate(g.servers):
-            host, port = _trunk_addr(srv.uri)
+            host, port = trunk_addr(srv.uri)
             if not host.startswith("127."):
                 continue
             base = 40000 + 1000 * len(out)

@@ -5,22 +5,20 @@ so it can be killed and restarted like in production)."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ..controller.client import api_request
 from ..errors import LabError
-from ..render import render_site, write
+from ..render import Rendered, render_site, write
 from ..site import Site
 from .procs import Kamailio, Rtpengine, tcp_open
 from .srs import SrsConfig, SrsServer
@@ -46,17 +44,27 @@ class LabStack:
         self.daemons: list[Rtpengine | Kamailio] = []
         self.controller_proc: subprocess.Popen[bytes] | None = None
         self.site_file = self.workdir / "site.yaml"
+        self.cfgdir = self.workdir / "configs"
+        self.rendered: list[Rendered] | None = None
         self.controller_log = self.workdir / "logs" / "controller.log"
         self.store = self.workdir / "controller.sqlite"  # the lab's own, never the site's
         self.rec_dirs = {n.name: self.workdir / "recordings" / n.name for n in site.media.nodes}
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self) -> LabStack:
+    def render(self) -> list[Rendered]:
+        """Write the site's configs to ``configs/`` (and the site file the controller
+        reads); :meth:`start` does it when nobody did before."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        cfgdir = self.workdir / "configs"
-        write(cfgdir, render_site(self.site))
+        self.rendered = render_site(self.site)
+        write(self.cfgdir, self.rendered)
         self.site_file.write_text(yaml.safe_dump(self.site.model_dump(mode="json",
                                                                       exclude_none=True)))
+        return self.rendered
+
+    def start(self) -> LabStack:
+        if self.rendered is None:
+            self.render()
+        cfgdir = self.cfgdir
         try:
             for n in self.site.media.nodes:
                 self.rec_dirs[n.name].mkdir(parents=True, exist_ok=True)
@@ -148,19 +156,10 @@ class LabStack:
     def api(self, method: str, path: str, body: dict[str, Any] | None = None,
             timeout: float = 30.0) -> Any:
         """Call the controller's HTTP API; returns the JSON (errors too, with ``status``)."""
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.api_url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                raw = resp.read()
-                if resp.headers.get_content_type() != "application/json":
-                    return raw.decode()
-                return json.loads(raw)
-        except urllib.error.HTTPError as exc:
-            doc = json.loads(exc.read() or b"{}")
-            doc["status"] = exc.code
-            return doc
+        status, doc = api_request(self.api_url, method, path, body, timeout=timeout)
+        if status >= 400 and isinstance(doc, dict):
+            doc["status"] = status
+        return doc
 
     def metrics(self) -> dict[str, float]:
         """``/metrics`` as {"name{labels}": value}."""

@@ -129,14 +129,16 @@ def test_wav_writer_only_g711() -> None:
 # --------------------------------------------------------------------------- ports, recorder
 
 def test_port_pool_binds_even_ports_and_skips_taken_ones() -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        base = probe.getsockname()[1] & ~1
-    blocker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        blocker.bind(("127.0.0.1", base))
-    except OSError:
-        pytest.skip("racy free port")
+    # hold an even port ourselves (retrying until one is free), so the pool must skip it
+    for _ in range(100):
+        blocker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        blocker.bind(("127.0.0.1", 0))
+        base = blocker.getsockname()[1]
+        if base % 2 == 0:
+            break
+        blocker.close()
+    else:
+        raise AssertionError("the kernel gave no even UDP port in 100 tries")
     pool = RtpPortPool("127.0.0.1", base, base + 5)
     socks = []
     try:
