@@ -7,13 +7,18 @@ and p50/p99 latency for
 
 * **client** -- N threads sharing one :class:`NgClient` (UDP, JSON by default): cookie
   generation, encoding, reply matching by cookie, decoding and result checks included;
-* **floor** -- N threads sharing one connected UDP socket, each sending pre-built datagrams
-  (unique cookies, so rtpengine does the same work: its reply cache is keyed by cookie) and
-  receiving one datagram per send, no parsing, no matching.
+* **socket floor** -- N threads sharing one connected UDP socket, each sending pre-built
+  datagrams (unique cookies, so rtpengine does the same work: its reply cache is keyed by
+  cookie) and receiving one datagram per send, no parsing, no matching. A thread may take
+  another thread's reply: the ceiling of the socket, not of any request/response API;
+* **request floor** -- the same, but each thread waits for the reply to its own request:
+  every waiting thread reads the socket and drops each reply into its owner's slot by
+  cookie. No locks, no parsing, no retransmission: the least a client that returns each
+  caller its own reply must do.
 
-Both use the same socket pattern (one socket, N threads, N requests in flight, blocking
-socket with the receive timeout in the kernel, as the client's), so the ratio client/floor
-is the cost of the client itself. The same comparison is made pipelined from one thread:
+All use the same socket pattern (one socket, N threads, N requests in flight, blocking
+socket with the receive timeout in the kernel, as the client's), so the ratios are the cost
+of the client itself. The same comparison is made pipelined from one thread:
 ``NgClient.call_many`` with a window of N against a floor keeping N pre-built datagrams in
 flight. Plus the CLI cold start: ``siprecctl ng ping`` next to rtpengine-utils' Perl
 ``rtpengine-ng-client ping``.
@@ -66,7 +71,11 @@ def percentile(values: list[float], p: float) -> float:
 
 
 def _run_threads(n: int, worker: Any, duration: float) -> tuple[int, float, list[float]]:
-    """Start ``n`` workers, let them run ``duration`` s; (replies, elapsed, latencies)."""
+    """Start ``n`` workers, let them run ``duration`` s; (replies, elapsed, latencies).
+
+    A worker stops counting once ``stop`` is set, and the elapsed time ends there: a
+    request still in flight at the stop (or a thread slow to notice it) counts for nobody.
+    """
     stop = threading.Event()
     lats: list[list[float]] = [[] for _ in range(n)]
     counts = [0] * n
@@ -83,9 +92,9 @@ def _run_threads(n: int, worker: Any, duration: float) -> tuple[int, float, list
     t0 = time.perf_counter()
     time.sleep(duration)
     stop.set()
+    elapsed = time.perf_counter() - t0
     for t in threads:
         t.join(30)
-    elapsed = time.perf_counter() - t0
     return sum(counts), elapsed, [x for lst in lats for x in lst]
 
 
@@ -107,6 +116,8 @@ def bench_client(addr: tuple[str, int], command: str, n: int, duration: float) -
             while not stop.is_set():
                 t = pc()
                 op()
+                if stop.is_set():
+                    break
                 lat.append(pc() - t)
                 done += 1
             return done
@@ -175,8 +186,53 @@ def bench_floor(addr: tuple[str, int], command: str, n: int, duration: float,
             except BlockingIOError:  # lost: no retransmission in the floor, move on
                 done += 1
                 continue
+            if stop.is_set():
+                break
             lat.append(pc() - t)
             done += 1
+        return len(lat)
+
+    count, elapsed, lats = _run_threads(n, worker, duration)
+    sock.close()
+    return _result(count, elapsed, lats)
+
+
+def bench_floor_routed(addr: tuple[str, int], command: str, n: int, duration: float,
+                       per_thread: int) -> dict[str, Any]:
+    """The request floor: as :func:`bench_floor`, but each thread waits for the reply to its
+    own request, which any request/response API must do. Every waiting thread reads the
+    shared socket and drops each reply into its owner's slot (a dict keyed by cookie); a
+    thread returns when its slot is filled. No locks, no parsing, no retransmission. An
+    owner whose reply another thread read sleeps in ``recv`` until some datagram wakes it
+    (the kernel wakes readers in turn), so the short receive timeout only matters when the
+    run winds down."""
+    sock = _raw_socket(addr, 0.02)
+    pre = [[(d[:d.index(b" ")], d) for d in _datagrams(command, i, per_thread)]
+           for i in range(n)]
+    slots: dict[bytes, bytes | None] = {}
+
+    def worker(i: int, stop: threading.Event, lat: list[float]) -> int:
+        pc = time.perf_counter
+        send, recv = sock.send, sock.recv
+        mine = pre[i]
+        done = 0
+        while not stop.is_set() and done < len(mine):
+            cookie, dgram = mine[done]
+            done += 1
+            slots[cookie] = None
+            t = pc()
+            send(dgram)
+            while slots[cookie] is None and pc() - t < 1.0:  # a lost reply: move on
+                try:
+                    d = recv(65535)
+                except BlockingIOError:
+                    continue
+                c = d[:d.find(b" ", 0, 128)]
+                if c in slots:
+                    slots[c] = d
+            if slots.pop(cookie) is None or stop.is_set():
+                continue
+            lat.append(pc() - t)
         return len(lat)
 
     count, elapsed, lats = _run_threads(n, worker, duration)
@@ -270,7 +326,8 @@ def one_run(addr: tuple[str, int], duration: float, concurrency: list[int],
     for command in ("ping", "query", "query+tags"):
         for n in concurrency if command != "query+tags" else concurrency[:1]:
             parts: dict[str, list[dict[str, Any]]] = {
-                "client": [], "floor": [], "pipelined": [], "client_pipelined": []}
+                "client": [], "floor": [], "routed": [], "pipelined": [],
+                "client_pipelined": []}
             for _ in range(slices):
                 c = bench_client(addr, command, n, d)
                 parts["client"].append(c)
@@ -278,11 +335,14 @@ def one_run(addr: tuple[str, int], duration: float, concurrency: list[int],
                 per_thread = int(max(c["rps"], 1000) * d * 3 / n) + 100
                 f = bench_floor(addr, command, n, d, per_thread)
                 parts["floor"].append(f)
+                parts["routed"].append(bench_floor_routed(addr, command, n, d, per_thread))
                 parts["pipelined"].append(
                     bench_pipelined(addr, command, n, d, int(f["rps"] * d * 3) + 100))
                 parts["client_pipelined"].append(bench_client_pipelined(addr, command, n, d))
             m = {k: _merge(v) for k, v in parts.items()}
             m["ratio"] = m["client"]["rps"] / m["floor"]["rps"]  # type: ignore[assignment]
+            m["ratio_routed"] = (m["client"]["rps"]  # type: ignore[assignment]
+                                 / m["routed"]["rps"])
             m["ratio_pipelined"] = (m["client_pipelined"]["rps"]  # type: ignore[assignment]
                                     / m["pipelined"]["rps"])
             res[f"{command}/{n}"] = m
@@ -336,6 +396,9 @@ def main() -> int:
             "client_rps": med(("client", "rps")), "client_p50_us": med(("client", "p50_us")),
             "client_p99_us": med(("client", "p99_us")), "floor_rps": med(("floor", "rps")),
             "floor_p50_us": med(("floor", "p50_us")), "floor_p99_us": med(("floor", "p99_us")),
+            "routed_rps": med(("routed", "rps")), "routed_p50_us": med(("routed", "p50_us")),
+            "routed_p99_us": med(("routed", "p99_us")),
+            "ratio_routed": statistics.median(r[key]["ratio_routed"] for r in runs),
             "pipelined_rps": med(("pipelined", "rps")),
             "client_pipelined_rps": med(("client_pipelined", "rps")),
             "ratio": statistics.median(r[key]["ratio"] for r in runs),
@@ -353,14 +416,18 @@ def main() -> int:
     print(f"# {report['machine']['cpu']}, {os.cpu_count()} cores, Python "
           f"{report['machine']['python']}; {args.encoding}; medians of {args.runs} runs x "
           f"{args.duration:g} s (client and floor alternating in {args.slices} slices)")
-    print("| command | conc | client rep/s | p50 µs | p99 µs | floor rep/s | p50 µs | p99 µs "
-          "| client/floor | call_many rep/s | pipelined floor rep/s | call_many/floor |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| command | N | client rep/s | p50 µs | p99 µs | socket floor rep/s | p50 µs "
+          "| p99 µs | client/socket floor | request floor rep/s | p50 µs | p99 µs "
+          "| client/request floor | call_many rep/s | pipelined floor rep/s "
+          "| call_many/floor |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for key, s in summary.items():
         cmd, n = key.split("/")
         print(f"| {cmd} | {n} | {s['client_rps']:,.0f} | {s['client_p50_us']:.0f} | "
               f"{s['client_p99_us']:.0f} | {s['floor_rps']:,.0f} | {s['floor_p50_us']:.0f} | "
-              f"{s['floor_p99_us']:.0f} | {s['ratio']:.2f} | {s['client_pipelined_rps']:,.0f} | "
+              f"{s['floor_p99_us']:.0f} | {s['ratio']:.2f} | {s['routed_rps']:,.0f} | "
+              f"{s['routed_p50_us']:.0f} | {s['routed_p99_us']:.0f} | {s['ratio_routed']:.2f} | "
+              f"{s['client_pipelined_rps']:,.0f} | "
               f"{s['pipelined_rps']:,.0f} | {s['ratio_pipelined']:.2f} |")
     print(f"\nCLI cold start (median of {args.cold_runs}): siprecctl ng ping "
           f"{cold['siprecctl_ng_ping_ms']:.1f} ms (without bytecode cache "

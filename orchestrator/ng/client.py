@@ -67,6 +67,12 @@ def _metadata(value: str | Mapping[str, str] | None) -> str | None:
     return "|".join(f"{k}:{v}" for k, v in value.items())
 
 
+# Whole reply bodies that carry nothing but the result, in both encodings as rtpengine writes
+# them: answered without running a parser.
+_TRIVIAL = {b'{"result":"pong"}': "pong", b'{"result":"ok"}': "ok",
+            b"d6:result4:ponge": "pong", b"d6:result2:oke": "ok"}
+
+
 class NgClient:
     """One rtpengine, one transport; thread-safe when the transport is (UDP, TCP, HTTP).
 
@@ -189,6 +195,10 @@ class NgClient:
         results and JSON with ``\\u`` escapes (which may hold lone surrogates) are
         decoded in full at once. ``keep=False`` keeps the JSON text instead of the
         parsed document (for batches: see :class:`Reply`)."""
+        trivial = _TRIVIAL.get(body)
+        if trivial is not None:  # ping and most control commands: nothing to parse
+            self._supported.add(command)
+            return Reply.from_document({"result": trivial}, command)
         if body[:1] == b"{" and b"\\u" not in body:
             doc = json_document(body)
             result = doc.get("result")

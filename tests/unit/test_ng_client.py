@@ -366,6 +366,18 @@ def test_call_many_replies_keep_json_text_until_used() -> None:
     assert out[0].data == decode_body(QUERY)[0]
 
 
+@pytest.mark.parametrize("body", [b'{"result":"pong"}', b'{"result":"ok"}',
+                                  b"d6:result4:ponge", b"d6:result2:oke"])
+def test_result_only_replies_equal_full_decode(body: bytes) -> None:
+    # these bodies skip the parser: the reply must be the one a full decode gives
+    ng, _ = client(lambda r: body)
+    for r in (ng.call("delete", call_id="c"), ng.call_many([("delete", {"call-id": "c"})])[0]):
+        assert isinstance(r, Reply)
+        assert r.data == decode_body(body)[0] and dict(r) == {"result": r["result"]}
+        assert r.result in ("ok", "pong") and r.command == "delete"
+    assert ng.supports("delete") is True
+
+
 def test_json_reply_with_lone_surrogate_escape_is_protocol_error() -> None:
     # \ud800 cannot become bytes: such replies are decoded in full at once, and fail there
     ng, _ = client(lambda r: b'{"result":"ok","x":"\\ud800"}')
