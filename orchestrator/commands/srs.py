@@ -55,6 +55,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                    help="request a metadata snapshot S seconds after ACK (RFC 7866 §9.2)")
     b.add_argument("--refresh-after", type=float, metavar="S",
                    help="send a session refresh re-INVITE S seconds after ACK")
+    b.add_argument("--move-on-refresh", action="store_true",
+                   help="that refresh offers new RTP ports (the old ones are closed)")
     parser.add_argument("--allow-public", action="store_true",
                         help="allow a listen address (and SRC Contacts) outside loopback and "
                              "private ranges")
@@ -102,7 +104,8 @@ def _config(args: argparse.Namespace) -> SrsConfig:
     low, high = _range(args.rtp_ports)
     behaviour = Behaviour(reject=args.reject, no_answer=args.no_answer,
                           answer_delay=args.answer_delay, bye_after=args.bye_after,
-                          snapshot_after=args.snapshot_after, refresh_after=args.refresh_after)
+                          snapshot_after=args.snapshot_after, refresh_after=args.refresh_after,
+                          move_on_refresh=args.move_on_refresh)
     return SrsConfig(address=host, port=port, transports=_transports(args.transport),
                      record_dir=args.record_dir, rtp_address=host, rtp_port_min=low,
                      rtp_port_max=high, name=args.name, behaviour=behaviour,

@@ -58,6 +58,7 @@ from .dialog import (
     RsDialog,
     RsReply,
     bump_version,
+    media_targets,
     new_rs_call_id,
     parse_rs_reply,
     reply_from_event,
@@ -584,9 +585,41 @@ class Controller:
             elif s.state in (State.ESTABLISHED, State.PAUSED):
                 s.handle(E.UPDATE, f"session refresh ({method}) answered by the edge")
                 self.store.save(s)
+            if body and s.state in (State.ESTABLISHED, State.PAUSED):
+                self._srs_offer(s, ctype, body.encode("utf-8", "surrogateescape"))
         elif method == "ACK" and rs in self._snapshot_due:
             self._snapshot_due.discard(rs)
             self._send_snapshot(s)
+
+    def _srs_offer(self, s: RecordingSession, ctype: str, body: bytes) -> None:
+        """An SRS offer in a re-INVITE/UPDATE. The edge answered it with our current SDP;
+        if the SRS now receives elsewhere (another address or port, e.g. a move to another
+        media node), rtpengine is told with a new ``subscribe answer`` (10.5 re-targets the
+        fork on a repeated subscribe answer). While paused there is no subscription: the
+        SDP is kept for the resume."""
+        try:
+            sdp = parse_siprec_body(ctype, body).sdp
+            if not sdp or media_targets(sdp) == media_targets(s.answer_sdp):
+                return
+            before = media_targets(s.answer_sdp)
+            after = media_targets(sdp)
+        except SipError as exc:
+            log.warning("call %s: unreadable SDP from the SRS: %s", s.call_id, exc)
+            return
+        s.answer_sdp = sdp
+        moved = ", ".join(f"{a}:{p}" for _, a, p in after)
+        if s.state is State.ESTABLISHED:
+            try:
+                self.pool.client(s.node).subscribe_answer(s.call_id, s.sub_to_tag, sdp)
+            except (NgError, NgTransportError) as exc:
+                log.error("call %s: the SRS moved its media to %s, but rtpengine refused "
+                          "it: %s", s.call_id, moved, exc)
+                self.metrics.failures.labels("srs_move_refused").inc()
+                return
+        s.handle(E.UPDATE, f"SRS media moved from {', '.join(f'{a}:{p}' for _, a, p in before)} "
+               f"to {moved}")
+        self.store.save(s)
+        log.info("call %s: SRS media moved to %s", s.call_id, moved)
 
     def _send_snapshot(self, s: RecordingSession) -> None:
         if s.state not in (State.ESTABLISHED, State.PAUSED):

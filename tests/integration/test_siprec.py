@@ -29,7 +29,7 @@ pytestmark = pytest.mark.integration
 SRS_BEHAVIOUR = {
     "ok": Behaviour(), "ok2": Behaviour(), "reject": Behaviour(reject=503),
     "silent": Behaviour(no_answer=True), "bye": Behaviour(bye_after=1.0),
-    "snapshot": Behaviour(snapshot_after=0.5), "refresh": Behaviour(refresh_after=0.5),
+    "snapshot": Behaviour(snapshot_after=0.5), "refresh": Behaviour(refresh_after=0.5, move_on_refresh=True),
 }
 # header X-Srs value -> SRS group (the rule of the same name routes it)
 GROUPS = {
@@ -327,12 +327,19 @@ def test_srs_refresh_is_answered_and_recording_continues(stack: LabStack) -> Non
         wait(lambda: any("refresh" in (h["detail"] or "") for h in
                          sessions_of(stack, call.call_id)[0]["history"]), 5,
              "the controller to hear of the refresh")
+        # the refresh offered new RTP ports and closed the old ones: the controller must
+        # have re-targeted rtpengine's fork, or no packet would arrive any more
+        moved = wait(lambda: [h["detail"] for h in sessions_of(stack, call.call_id)[0]["history"]
+                              if "SRS media moved" in (h["detail"] or "")], 5,
+                     "the controller to follow the SRS's new ports")
         s = srs_session(srs, sess["rs_call_id"])
         assert s.state == "confirmed" and not s.ended
-        before = sum(st.packets for st in s.labels.values())
+        ports = {st.port for st in s.labels.values()}
+        assert len(moved) == 1 and all(f":{p}" in moved[0] for p in ports)
+        before = {k: st.packets for k, st in s.labels.items()}
         time.sleep(0.6)
-        after = sum(st.packets for st in srs_session(srs, sess["rs_call_id"]).labels.values())
-        assert after > before + 20
+        after = {k: st.packets for k, st in srs_session(srs, sess["rs_call_id"]).labels.items()}
+        assert all(after[k] > before[k] + 20 for k in before), (before, after)
     finally:
         call.bye()
         call.close()

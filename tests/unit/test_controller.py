@@ -22,7 +22,12 @@ from orchestrator.controller import (
     bump_version,
     set_direction,
 )
-from orchestrator.controller.dialog import parse_rs_reply, reply_from_event, sip_safe
+from orchestrator.controller.dialog import (
+    media_targets,
+    parse_rs_reply,
+    reply_from_event,
+    sip_safe,
+)
 from orchestrator.errors import EvapiProtocolError, IllegalTransition, SipError
 from orchestrator.kamailio.evapi import NetstringDecoder, decode_event, encode_netstring
 
@@ -277,3 +282,17 @@ def test_route_set_from_record_route() -> None:
     plain = _dialog()
     plain.confirm(parse_rs_reply(200, "OK", REPLY))
     assert plain.route_set == [] and plain.nexthop() == ""
+
+
+# ------------------------------------------------------------------------ SDP targets
+def test_media_targets_section_connection_overrides_the_session() -> None:
+    sdp = (b"v=0\r\no=srs 1 2 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\n"
+           b"m=audio 4000 RTP/AVP 0\r\na=label:0\r\n"
+           b"m=audio 4002 RTP/AVP 0\r\nc=IN IP4 10.0.0.2/127\r\na=label:1\r\n")
+    assert media_targets(sdp) == [("audio", "10.0.0.1", 4000), ("audio", "10.0.0.2", 4002)]
+    # a new port on one stream is a different target; a new o= version alone is not
+    assert media_targets(sdp.replace(b"4002", b"5002")) != media_targets(sdp)
+    assert media_targets(sdp.replace(b"1 2 IN", b"1 3 IN")) == media_targets(sdp)
+    assert media_targets(b"v=0\r\n") == []
+    with pytest.raises(SipError):
+        media_targets(b"v=0\r\nm=audio x RTP/AVP 0\r\n")

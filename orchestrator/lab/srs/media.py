@@ -271,6 +271,13 @@ class StreamRecorder:
                 raise
             stats.wav_path = str(self.wav.path)
 
+    def rebind(self, sock: socket.socket) -> socket.socket:
+        """Receive on ``sock`` from now on (same stats and files); returns the old socket."""
+        old, self.sock = self.sock, sock
+        self.local = sock.getsockname()[:2]
+        self.stats.port = self.local[1]
+        return old
+
     def on_datagram(self, data: bytes, src: tuple[str, int], now: float | None = None) -> None:
         if self.closed:
             return

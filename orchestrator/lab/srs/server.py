@@ -13,6 +13,7 @@ The protocol pieces are sans-IO in :mod:`.sip`, :mod:`.sdp`, :mod:`.checks` and
 from __future__ import annotations
 
 import copy
+import functools
 import heapq
 import ipaddress
 import itertools
@@ -95,7 +96,9 @@ class Behaviour:
     ``reject``: answer every INVITE with this code; ``no_answer``: ignore INVITEs (no 100,
     nothing); ``answer_delay``: send 100 + 180, then the final answer after this delay;
     ``bye_after``/``snapshot_after``/``refresh_after``: after the ACK, send a BYE, a snapshot
-    request re-INVITE (RFC 7866 §9.2) or a session refresh re-INVITE.
+    request re-INVITE (RFC 7866 §9.2) or a session refresh re-INVITE; ``move_on_refresh``:
+    that refresh offers new RTP ports (the old ones are closed), as an SRS that moves a
+    session to another media node does.
     """
 
     reject: int | None = None
@@ -104,6 +107,7 @@ class Behaviour:
     bye_after: float | None = None
     snapshot_after: float | None = None
     refresh_after: float | None = None
+    move_on_refresh: bool = False
 
     def __post_init__(self) -> None:
         if self.reject is not None and not 300 <= self.reject <= 699:
@@ -951,6 +955,18 @@ class SrsServer:
         stats.participants = by_label.get(key, [])
         return _Slot(o, stats, recorder)
 
+    def _move_media(self, call: _Call) -> None:
+        """Every live stream to a new RTP port; the old sockets are closed."""
+        for slot in call.slots:
+            recorder = slot.recorder
+            if recorder is None or recorder.closed:
+                continue
+            old = recorder.rebind(self._pool.bind())
+            self._media.remove(old)
+            self._media.add_reader(recorder.sock, functools.partial(self._on_rtp, recorder))
+            log.info("session %s: %s moved to port %d", call.record.session_id,
+                     slot.stats.label, slot.stats.port)
+
     def _on_rtp(self, recorder: StreamRecorder | None) -> None:
         """Media loop: drain the socket, count each packet under the lock."""
         if recorder is None:
@@ -1408,6 +1424,8 @@ class SrsServer:
             call.timers.append(self._sip.call_later(self.config.t1, self._send_reinvite, call,
                                                     kind, attempt))
             return
+        if kind == "refresh" and self.config.behaviour.move_on_refresh:
+            self._move_media(call)
         sdp = self._our_sdp(call)
         if kind == "snapshot":
             request = build_snapshot_request(SnapshotRequest(
