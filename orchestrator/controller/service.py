@@ -52,6 +52,7 @@ from ..siprec import (
     parse_siprec_body,
     recording_from_call,
     resume_update,
+    with_holds,
 )
 from .dialog import (
     SRC_USER,
@@ -312,6 +313,9 @@ class Controller:
         snapshot = parse_metadata(s.metadata)
         update = hold_update(snapshot, pid) if ev.get("hold") else resume_update(snapshot, pid)
         what = f"{'hold' if ev.get('hold') else 'resume'} of the {held}"
+        # kept whether or not the SRS takes the update: a later snapshot tells the truth
+        s.held = sorted(set(s.held) | {pid}) if ev.get("hold") else \
+            [p for p in s.held if p != pid]
         self._send_update(s, build_metadata(update), what)
 
     def _ended(self, edge: str, ev: dict[str, Any], received: float) -> None:
@@ -624,7 +628,14 @@ class Controller:
     def _send_snapshot(self, s: RecordingSession) -> None:
         if s.state not in (State.ESTABLISHED, State.PAUSED):
             return
-        self._send_update(s, s.metadata, "complete snapshot requested by the SRS")
+        doc = s.metadata
+        if s.held:
+            try:
+                doc = build_metadata(with_holds(parse_metadata(s.metadata), s.held))
+            except MetadataError as exc:
+                log.warning("call %s: snapshot with the holds refused (%s); sending the "
+                            "initial one", s.call_id, exc)
+        self._send_update(s, doc, "complete snapshot requested by the SRS")
 
     def _unsubscribe(self, s: RecordingSession) -> None:
         try:

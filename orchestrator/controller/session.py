@@ -89,6 +89,7 @@ class RecordingSession:
     answer_sdp: bytes = b""  # the SRS's SDP
     metadata: bytes = b""  # last complete snapshot sent
     participants: dict[str, str] = field(default_factory=dict)  # caller/callee -> id
+    held: list[str] = field(default_factory=list)  # participant ids on hold now
     created: float = field(default_factory=time.time)
     updated: float = field(default_factory=time.time)
     established_at: float | None = None

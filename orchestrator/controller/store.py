@@ -92,7 +92,7 @@ class SessionStore:
             "dialog": s.dialog.to_dict() if s.dialog else None,
             "offer_sdp": _b64(s.offer_sdp), "answer_sdp": _b64(s.answer_sdp),
             "metadata": _b64(s.metadata), "participants": s.participants,
-            "established_at": s.established_at,
+            "held": s.held, "established_at": s.established_at,
         }
         row = (s.session_id, s.call_id, s.edge, s.node, s.group, s.state.value, s.reason,
                s.srs_uri, s.dialog.call_id if s.dialog else None, json.dumps(data), s.created,
@@ -166,6 +166,7 @@ def _session(r: tuple[Any, ...], hist: list[tuple[Any, ...]]) -> RecordingSessio
         srs_uri=r[7], dialog=RsDialog.from_dict(d["dialog"]) if d.get("dialog") else None,
         offer_sdp=_unb64(d.get("offer_sdp")), answer_sdp=_unb64(d.get("answer_sdp")),
         metadata=_unb64(d.get("metadata")), participants=d.get("participants") or {},
+        held=list(d.get("held") or []),
         created=r[9], updated=r[10], established_at=d.get("established_at"), ended_at=r[11])
     s.history = [tuple(h) for h in hist]  # type: ignore[misc]
     return s

@@ -11,6 +11,7 @@ from .builder import (
     hold_update,
     resume_update,
     transfer_update,
+    with_holds,
 )
 from .call import CallInfo, participant_from_header, recording_from_call
 from .model import (
@@ -107,6 +108,7 @@ __all__ = [
     "sdp_labels",
     "snapshot_request_headers",
     "transfer_update",
+    "with_holds",
     "validate_input",
     "validate_message",
     "validate_metadata",

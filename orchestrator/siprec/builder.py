@@ -338,6 +338,16 @@ def hold_update(snapshot: Recording, participant_id: str) -> Recording:
                          participant_id=participant_id, recv=assoc.recv),))
 
 
+def with_holds(snapshot: Recording, held: Iterable[str]) -> Recording:
+    """``snapshot`` as it stands while the ``held`` participants are on hold: their
+    ``<send>`` elements omitted, as :func:`hold_update` announced. A complete snapshot
+    requested mid-call (RFC 7866 §9.2) describes the current state, not the first one."""
+    ids = set(held)
+    return replace(snapshot, participant_stream_assocs=tuple(
+        replace(a, send=()) if a.participant_id in ids else a
+        for a in snapshot.participant_stream_assocs))
+
+
 def resume_update(snapshot: Recording, participant_id: str) -> Recording:
     """Partial update for a resume: restore the participant's send/recv set of ``snapshot``."""
     assoc = _assoc_of(snapshot, participant_id)

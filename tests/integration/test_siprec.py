@@ -29,12 +29,13 @@ pytestmark = pytest.mark.integration
 SRS_BEHAVIOUR = {
     "ok": Behaviour(), "ok2": Behaviour(), "reject": Behaviour(reject=503),
     "silent": Behaviour(no_answer=True), "bye": Behaviour(bye_after=1.0),
-    "snapshot": Behaviour(snapshot_after=0.5), "refresh": Behaviour(refresh_after=0.5, move_on_refresh=True),
+    "snapshot": Behaviour(snapshot_after=0.5), "snaphold": Behaviour(snapshot_after=1.5),
+    "refresh": Behaviour(refresh_after=0.5, move_on_refresh=True),
 }
 # header X-Srs value -> SRS group (the rule of the same name routes it)
 GROUPS = {
     "reject": ["reject", "ok2"], "silent": ["silent", "ok2"], "dead": ["reject"],
-    "bye": ["bye"], "snapshot": ["snapshot"], "refresh": ["refresh"],
+    "bye": ["bye"], "snapshot": ["snapshot"], "snaphold": ["snaphold"], "refresh": ["refresh"],
 }
 
 
@@ -355,6 +356,28 @@ def test_snapshot_request_gets_a_complete_snapshot(stack: LabStack) -> None:
         assert s.snapshot_requests_sent == 1
         assert [m for m, _ in s.metadata_docs].count("complete") == 2
         assert errors(s.metadata_findings) == []
+    finally:
+        call.bye()
+        call.close()
+
+
+def test_snapshot_during_a_hold_describes_the_hold(stack: LabStack) -> None:
+    call = lab_call(stack, **{"X-Srs": "snaphold"})
+    try:
+        sess = established(stack, call.call_id)
+        srs = stack.srs["snaphold"]
+        call.hold()  # the caller holds the callee, whose stream then has no sender
+        wait(lambda: len(srs_session(srs, sess["rs_call_id"]).reinvites) >= 1, 5,
+             "the hold update at the SRS")
+        s = wait(lambda: (x := srs_session(srs, sess["rs_call_id"])) and
+                 x.snapshot_received_after_request and x, 5, "the complete snapshot")
+        # the SRS folds a complete snapshot in by replacing what it knew: had the initial
+        # document been sent again, both streams would have a sender again
+        assert sorted(len(st.participants) for st in s.labels.values()) == [0, 1]
+        assert errors(s.metadata_findings) == []
+        history = sessions_of(stack, call.call_id)[0]["history"]
+        assert [h["detail"] for h in history if "snapshot" in (h["detail"] or "")] == [
+            "complete snapshot requested by the SRS"]
     finally:
         call.bye()
         call.close()

@@ -194,9 +194,11 @@ def test_store_roundtrip_and_one_open_session_per_call(tmp_path) -> None:
     s.handle(Ev.SUBSCRIBED, "2 streams")
     s.dialog = _dialog()
     s.offer_sdp, s.metadata = b"v=0\r\n\xff", b"<recording/>"
+    s.held = ["pid-callee"]
     store.save(s)
     again = store.get("s1")
     assert again is not None and again.dialog == s.dialog and again.offer_sdp == s.offer_sdp
+    assert again.held == ["pid-callee"]
     assert again.state is State.SUBSCRIBED and len(again.history) == 1
     assert store.by_rs_call_id("siprec-1") is not None
     dup = _session()

@@ -153,6 +153,7 @@ def test_partial_updates_validate_in_sequence() -> None:
         hold_update,
         resume_update,
         transfer_update,
+        with_holds,
     )
 
     rec = recording_from_call(call(), REPLY)
@@ -166,6 +167,15 @@ def test_partial_updates_validate_in_sequence() -> None:
     carol = Participant(new_id(), (NameID("sip:carol@chicago.example.com", "Carol"),))
     assert not has_errors(v.validate(build_metadata(
         transfer_update(rec, callee, carol, T0 + timedelta(minutes=1)))))
+    # a complete snapshot during the hold: the callee's <send> gone, nothing else changed
+    held = with_holds(rec, [callee])
+    # valid; the validator notes (a warning) that the held party's stream has no sender
+    findings = RecordingSessionValidator().validate(build_metadata(held))
+    assert not has_errors(findings) and [f.rule for f in problems(findings)] == ["R22"]
+    by_id = {a.participant_id: a for a in held.participant_stream_assocs}
+    orig = {a.participant_id: a for a in rec.participant_stream_assocs}
+    assert by_id[callee].send == () and by_id[callee].recv == orig[callee].recv
+    assert by_id[caller] == orig[caller] and with_holds(rec, []) == rec
     end = end_of_call_update(rec, T0 + timedelta(minutes=5))
     assert end.sessions[0].stop_time == T0 + timedelta(minutes=5)
     assert not has_errors(v.validate(build_metadata(end)))
