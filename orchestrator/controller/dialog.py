@@ -13,6 +13,7 @@ import secrets
 from dataclasses import dataclass, field
 
 from ..errors import SipError
+from ..siprec.sdp import parse_sdp
 from ..siprec.sip import parse_name_addr, parse_sip_message
 
 __all__ = ["RsDialog", "RsReply", "new_rs_call_id", "parse_rs_reply", "sip_safe"]
@@ -240,24 +241,10 @@ def with_origin(sdp: bytes, previous: bytes) -> bytes:
     return sdp[:new.start()] + old.group(0) + sdp[new.end():]
 
 
-_CONNECTION = re.compile(rb"^c=IN IP[46] ([^\s/]+)", re.M)
-_MEDIA = re.compile(rb"^m=(\S+) (\d+)", re.M)
-
-
 def media_targets(sdp: bytes) -> list[tuple[str, str, int]]:
     """``(media, address, port)`` per m= section: where that side receives each stream (a
     section's own c= line, else the session's)."""
-    parts = re.split(rb"(?=^m=)", sdp, flags=re.M)
-    session = _CONNECTION.search(parts[0])
-    out = []
-    for section in parts[1:]:
-        m = _MEDIA.match(section)
-        if m is None:
-            raise SipError("SDP m= line without a port")
-        c = _CONNECTION.search(section) or session
-        out.append((m.group(1).decode("ascii", "replace"),
-                    c.group(1).decode("ascii", "replace") if c else "", int(m.group(2))))
-    return out
+    return [(m.media, m.address or "", m.port) for m in parse_sdp(sdp).media]
 
 
 def _list(v: object) -> list[object]:

@@ -603,12 +603,13 @@ class Controller:
         SDP is kept for the resume."""
         try:
             sdp = parse_siprec_body(ctype, body).sdp
-            if not sdp or media_targets(sdp) == media_targets(s.answer_sdp):
+            if not sdp:
                 return
-            before = media_targets(s.answer_sdp)
-            after = media_targets(sdp)
+            before, after = media_targets(s.answer_sdp), media_targets(sdp)
         except SipError as exc:
             log.warning("call %s: unreadable SDP from the SRS: %s", s.call_id, exc)
+            return
+        if after == before:
             return
         s.answer_sdp = sdp
         moved = ", ".join(f"{a}:{p}" for _, a, p in after)

@@ -1,4 +1,5 @@
-"""Just enough SDP for SIPREC: m-lines, their ``a=label`` (RFC 4574), direction, o= version."""
+"""Just enough SDP for SIPREC: m-lines, their ``a=label`` (RFC 4574), direction, connection
+address, o= version."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ _DIRECTIONS = frozenset({"sendrecv", "sendonly", "recvonly", "inactive"})
 
 @dataclass(frozen=True, slots=True)
 class MediaSection:
-    """One ``m=`` section; ``line`` is its 1-based line number in the SDP."""
+    """One ``m=`` section; ``line`` is its 1-based line number in the SDP; ``address`` is
+    where it receives (its own ``c=`` line, else the session's; without ``/ttl``)."""
 
     media: str
     port: int
@@ -23,6 +25,7 @@ class MediaSection:
     labels: tuple[str, ...]
     direction: str | None
     line: int
+    address: str | None = None
 
     @property
     def label(self) -> str | None:
@@ -52,13 +55,15 @@ def parse_sdp(data: bytes | str) -> Sdp:
         raise SipError("SDP does not start with a v= line")
     version: int | None = None
     session_dir: str | None = None
+    session_addr: str | None = None
     media: list[MediaSection] = []
     cur: dict | None = None
 
     def flush() -> None:
         if cur is not None:
             media.append(MediaSection(cur["media"], cur["port"], cur["proto"], cur["formats"],
-                                      tuple(cur["labels"]), cur["direction"], cur["line"]))
+                                      tuple(cur["labels"]), cur["direction"], cur["line"],
+                                      cur["address"] or session_addr))
 
     for no, line in enumerate(lines, 1):
         if len(line) < 2 or line[1] != "=":
@@ -74,7 +79,15 @@ def parse_sdp(data: bytes | str) -> Sdp:
             if len(parts) < 3 or not parts[1].split("/")[0].isdigit():
                 raise SipError(f"SDP line {no}: malformed m-line {line!r}")
             cur = {"media": parts[0], "port": int(parts[1].split("/")[0]), "proto": parts[2],
-                   "formats": tuple(parts[3:]), "labels": [], "direction": None, "line": no}
+                   "formats": tuple(parts[3:]), "labels": [], "direction": None, "line": no,
+                   "address": None}
+        elif kind == "c":
+            parts = value.split()  # c=IN IP4 <address>[/ttl[/n]]
+            address = parts[2].split("/")[0] if len(parts) >= 3 else None
+            if cur is None:
+                session_addr = address
+            else:
+                cur["address"] = address
         elif kind == "a":
             name, _, attr_value = value.partition(":")
             if name in _DIRECTIONS:
