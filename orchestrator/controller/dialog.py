@@ -13,10 +13,11 @@ import secrets
 from dataclasses import dataclass, field
 
 from ..errors import SipError
+from ..kamailio.events import RsReply
 from ..siprec.sdp import parse_sdp
-from ..siprec.sip import parse_name_addr, parse_sip_message
+from ..siprec.sip import parse_name_addr
 
-__all__ = ["RsDialog", "RsReply", "new_rs_call_id", "parse_rs_reply", "sip_safe"]
+__all__ = ["RsDialog", "name_addr", "new_rs_call_id", "options_headers", "sip_safe"]
 
 RS_CALL_ID_PREFIX = "siprec-"  # the generated config recognises RS traffic by this prefix
 SRC_USER = "siprec-src"  # Request-URI user of the SRS's in-dialog requests (our Contact)
@@ -34,21 +35,14 @@ def sip_safe(value: str, what: str) -> str:
     return value
 
 
-@dataclass(frozen=True, slots=True)
-class RsReply:
-    """A final (or provisional) reply on the recording session."""
-
-    code: int
-    reason: str
-    to_tag: str | None
-    from_tag: str | None
-    contact: str | None  # the Contact URI (remote target)
-    content_type: str | None
-    body: bytes
-    record_route: tuple[str, ...] = ()  # Record-Route URIs, in the order received
+def options_headers(call_id: str, local_uri: str, remote_uri: str, contact: str) -> str:
+    """Header block of an out-of-dialog OPTIONS probe (RFC 3261 §11); tm adds the From tag."""
+    return _block([("From", f"<{local_uri}>"), ("To", f"<{remote_uri}>"),
+                   ("Call-ID", call_id), ("CSeq", "1 OPTIONS"),
+                   ("Contact", f"<{contact}>;+sip.src"), ("Accept", "application/sdp")])
 
 
-def _uris(values: list[str]) -> tuple[str, ...]:
+def _uris(values: tuple[str, ...] | list[str]) -> tuple[str, ...]:
     """The URIs of (possibly comma-joined) Record-Route values."""
     out: list[str] = []
     for v in values:
@@ -56,34 +50,13 @@ def _uris(values: list[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _tag(value: str | None) -> str | None:
-    if not value:
-        return None
-    return parse_name_addr(value).param("tag")
-
-
-def parse_rs_reply(code: int, reason: str, text: str) -> RsReply:
-    """A reply from ``tm.t_uac_wait``'s result: status plus the raw headers and body."""
-    raw = f"SIP/2.0 {int(code)} {reason}\r\n{text}".encode("utf-8", "surrogateescape")
-    msg = parse_sip_message(raw)
-    contact = msg.header("contact")
-    return RsReply(code=int(code), reason=reason, to_tag=_tag(msg.header("to")),
-                   from_tag=_tag(msg.header("from")),
-                   contact=parse_name_addr(contact).uri if contact else None,
-                   content_type=msg.header("content-type"), body=msg.body,
-                   record_route=_uris(msg.header_all("record-route")))
-
-
-def reply_from_event(ev: dict[str, object]) -> RsReply:
-    """An ``rs_reply`` evapi event (the generated config's reply_route) as an :class:`RsReply`."""
-    contact = ev.get("contact")
-    body = ev.get("body") or ""
-    return RsReply(code=int(str(ev.get("code", 0))), reason=str(ev.get("reason", "")),
-                   to_tag=str(ev["to_tag"]) if ev.get("to_tag") else None,
-                   from_tag=str(ev["from_tag"]) if ev.get("from_tag") else None,
-                   contact=parse_name_addr(str(contact)).uri if contact else None,
-                   content_type=str(ev["content_type"]) if ev.get("content_type") else None,
-                   body=str(body).encode("utf-8", "surrogateescape"))
+def name_addr(display: str | None, uri: str | None) -> str:
+    """``"display" <uri>`` with the display name as a quoted-string (RFC 3261 §25.1)."""
+    uri = uri or "sip:unknown@invalid"
+    if display:
+        d = display.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{d}" <{uri}>'
+    return f"<{uri}>"
 
 
 _TRANSPORT = re.compile(r";\s*transport=(\w+)", re.I)
@@ -140,18 +113,20 @@ class RsDialog:
         self.invite_cseq = self.cseq
         return _block(hdrs)
 
-    def confirm(self, reply: RsReply) -> None:
-        """Take tags and remote target from the 2xx to the INVITE (RFC 3261 §12.1.2)."""
-        if reply.to_tag is None:
+    def confirm_from(self, reply: RsReply) -> None:
+        """Take tags, remote target and route set from the 2xx to the INVITE (RFC 3261
+        §12.1.2), as the edge relayed it."""
+        if not reply.to_tag:
             raise SipError("2xx to the recording session INVITE has no To tag")
-        if reply.from_tag is None:
+        if not reply.from_tag:
             raise SipError("2xx to the recording session INVITE has no From tag")
         self.remote_tag = sip_safe(reply.to_tag, "To tag")
         self.local_tag = sip_safe(reply.from_tag, "From tag")
         if reply.contact:
-            self.remote_target = sip_safe(reply.contact, "Contact")
+            self.remote_target = sip_safe(parse_name_addr(reply.contact).uri, "Contact")
         # RFC 3261 §12.1.2: the UAC's route set is the Record-Route, reversed
-        self.route_set = [sip_safe(u, "Record-Route") for u in reversed(reply.record_route)]
+        self.route_set = [sip_safe(u, "Record-Route")
+                          for u in reversed(_uris(reply.record_route))]
 
     def nexthop(self) -> str:
         """Where an in-dialog request goes first: a loose router of the route set, or ''

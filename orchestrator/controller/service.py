@@ -1,89 +1,106 @@
-"""``siprecctl serve``: SIPREC sessions from a Kamailio edge + rtpengine to recording servers.
+"""``siprecctl serve``: the driver around the per-call cores (:mod:`.core`).
 
-Flow of one recorded call (ARCHITECTURE.md): the edge emits ``answered`` over evapi with the
-policy's decision (``siprec`` group, ``record_local``); the controller asks the call's
-rtpengine node for a SIPREC subscription, builds RFC 7865 metadata, has Kamailio send the
-INVITE to the group's SRSs in order (``tm.t_uac_wait``), hands the SRS answer to rtpengine
-(``subscribe answer``), and follows the call: hold/resume → partial metadata re-INVITE,
-pause/resume → a=inactive/a=sendonly, end → BYE with final metadata + ``unsubscribe``.
-In-dialog requests go out as evapi commands to the config's ``t_uac_send()``; their replies
-and the SRS's own requests come back as evapi events.
+Threads and queues::
 
-Threads: one evapi reader per edge (never blocks: it resolves waiting requests and queues
-call work), a pool running each call's work in order (:class:`KeyedExecutor`), the HTTP API.
+    evapi reader (one per edge) ──typed events──┐
+    I/O workers (results of NG/RPC/evapi) ──────┤──► input queue ──► core loop (one thread)
+    operator API (futures) ─────────────────────┘        │ actions: persisted first (one
+                                                          │ transaction per batch), then
+                      NG / RPC / evapi I/O  ◄─────────────┘ handed to the I/O workers,
+                      (ordered per call)                    in order per call
+
+The core loop owns every :class:`~.core.CallCore`, the SRS selector and the prober; it never
+blocks on the network. The I/O workers run each call's actions in order
+(:class:`KeyedExecutor`), so an ``unsubscribe`` never overtakes the ``subscribe request``
+it follows, and feed results back as inputs.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
-import secrets
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
 from ..errors import (
     ControllerError,
+    EvapiProtocolError,
     IllegalTransition,
     KamailioError,
-    KamailioRpcError,
-    KamailioUnreachable,
-    MetadataError,
     NgError,
     NgTransportError,
-    SipError,
+    SiprecctlError,
 )
 from ..kamailio.evapi import EvapiClient
+from ..kamailio.events import (
+    CallAnswered,
+    CallEnded,
+    CallReinvite,
+    EdgeEvent,
+    RsError,
+    RsReply,
+    RsRequest,
+    parse_event,
+)
 from ..kamailio.rpc import HttpRpcTransport, KamailioClient
 from ..ng.pool import NodePool
-from ..siprec import (
-    CallInfo,
-    build_metadata,
-    build_siprec_body,
-    end_of_call_update,
-    hold_update,
-    parse_metadata,
-    parse_siprec_body,
-    recording_from_call,
-    resume_update,
-    with_holds,
-)
-from .dialog import (
-    SRC_USER,
-    RsDialog,
-    RsReply,
-    bump_version,
-    media_targets,
-    new_rs_call_id,
-    parse_rs_reply,
-    reply_from_event,
-    set_direction,
-    with_origin,
+from ..site.model import Site
+from .core import CallCore
+from .dialog import options_headers
+from .messages import (
+    Action,
+    CallRecord,
+    CancelInvite,
+    DeleteCall,
+    EdgeForget,
+    EdgeSdp,
+    EdgeSip,
+    EndCall,
+    Input,
+    Loss,
+    NgFailed,
+    Observe,
+    Operator,
+    Persist,
+    PersistCall,
+    Reply,
+    SendFailed,
+    SendInvite,
+    SendRequest,
+    SrsDown,
+    StartLocal,
+    StopLocal,
+    Subscribe,
+    SubscribeAnswer,
+    Subscribed,
+    Tick,
+    Unsubscribe,
 )
 from .metrics import Metrics
-from .session import Ev as E
-from .session import RecordingSession, State
-from .store import DuplicateSession, SessionStore
+from .selection import SrsProber, SrsSelector
+from .session import RecordingSession
+from .store import SessionStore
 
 __all__ = ["Controller", "KeyedExecutor"]
 
 log = logging.getLogger("siprecctl.controller")
 T = TypeVar("T")
 
-IN_DIALOG_TIMEOUT = 5.0  # seconds to wait for the SRS's reply to an in-dialog request
+RETIRE_AFTER = 40.0  # keep a finished call's core this long: a late 2xx still gets its BYE
+ENDED_MEMORY = 120.0  # remember ended calls this long (answered events still queued)
 
 
 class KeyedExecutor:
     """A thread pool that runs the tasks of one key (a call-id) one at a time, in order."""
 
     def __init__(self, workers: int = 16) -> None:
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="call")
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="io")
         self._queues: dict[str, deque[tuple[Callable[[], Any], Future[Any]]]] = {}
         self._lock = threading.Lock()
 
@@ -119,69 +136,48 @@ class KeyedExecutor:
 
 
 @dataclass
-class _Pending:
-    done: threading.Event = field(default_factory=threading.Event)
-    reply: RsReply | None = None
-    error: str | None = None
-
-
-@dataclass
 class EdgeLink:
     """What the controller holds per Kamailio edge."""
 
     name: str
     rpc: KamailioClient
     evapi: EvapiClient
-    host: str  # the edge's SIP address (our Contact, and From host)
-    ports: dict[str, int]  # SIP port per transport
-
-    def contact(self, transport: str) -> str:
-        port = self.ports.get(transport) or next(iter(self.ports.values()))
-        uri = f"sip:{SRC_USER}@{self.host}:{port}"
-        return uri if transport == "udp" else f"{uri};transport={transport}"
-
-    @property
-    def src_uri(self) -> str:
-        return f"sip:{SRC_USER}@{self.host}"
-
-
-def _name_addr(display: Any, uri: Any) -> str:
-    uri = str(uri or "sip:unknown@invalid")
-    if display:
-        d = str(display).replace("\\", "\\\\").replace('"', '\\"')
-        return f'"{d}" <{uri}>'
-    return f"<{uri}>"
+    sip: EdgeSip
 
 
 class Controller:
     """The recording controller of one site. ``start()`` connects, reconciles, serves."""
 
-    def __init__(self, site: Any, *, store: SessionStore | None = None, workers: int = 16,
-                 evapi_backoff: tuple[float, float] = (0.1, 5.0)) -> None:
+    def __init__(self, site: Site, *, store: SessionStore | None = None, workers: int = 16,
+                 evapi_backoff: tuple[float, float] = (0.1, 5.0),
+                 op_timeout: float = 30.0) -> None:
         self.site = site
         self.metrics = Metrics()
         self.store = store if store is not None else SessionStore(site.controller.store)
         self.pool = NodePool.from_site(site)
         self.groups = {g.name: g for g in site.recording.srs_groups}
+        self.selector = SrsSelector(self.groups)
+        self.prober = SrsProber(self.groups.values())
+        self.op_timeout = op_timeout
         self._node_by_url = {f"udp:{n.ng.address}:{n.ng.port}": n.name for n in site.media.nodes}
-        self._nodes_by_set: dict[int, list[str]] = {}
-        for n in site.media.nodes:
-            self._nodes_by_set.setdefault(n.set, []).append(n.name)
-        self.executor = KeyedExecutor(workers)
-        self.metrics.sessions_active.set_function(
-            lambda: sum(1 for s in list(self.sessions.values())
-                        if s.state in (State.ESTABLISHED, State.PAUSED)))
-        self.sessions: dict[str, RecordingSession] = {}  # open sessions by call-id
-        self._by_rs: dict[str, RecordingSession] = {}  # ... by recording-session Call-ID
-        self._pending: dict[tuple[str, int], _Pending] = {}
-        self._abandoned: set[str] = set()  # RS Call-IDs given up on (timeout): BYE a late 2xx
-        self._snapshot_due: set[str] = set()  # RS Call-IDs owing a snapshot after the ACK
-        self.calls: dict[str, dict[str, Any]] = {}  # last answered event per live call
-        self._lock = threading.RLock()
-        self.edges: dict[str, EdgeLink] = {}
-        for e in site.edges:
-            self.edges[e.name] = self._link(e, evapi_backoff)
+        self.cores: dict[str, CallCore] = {}
+        self._rs_index: dict[str, str] = {}  # RS Call-ID -> call-id
+        self._retired: dict[str, float] = {}  # call-id -> when its finished core goes
+        self._ended_seen: dict[str, float] = {}  # call-id -> edge's end time (reader side)
+        self._pending_answered = 0
+        self._inputs: deque[tuple[Any, ...]] = deque()
+        self._cv = threading.Condition()
+        self._deadlines: list[tuple[float, str]] = []
+        self._ops: dict[int, Future[tuple[bool, dict[str, Any]]]] = {}
+        self._op_seq = 0
+        self._io = KeyedExecutor(workers)
+        self._stop = threading.Event()
+        self._loop_thread: threading.Thread | None = None
         self._started = False
+        self.metrics.sessions_active.set_function(self._active_count)
+        self.metrics.queue_depth.set_function(lambda: len(self._inputs))
+        self.edges: dict[str, EdgeLink] = {e.name: self._link(e, evapi_backoff)
+                                           for e in site.edges}
 
     # ------------------------------------------------------------------ wiring
     def _link(self, edge: Any, backoff: tuple[float, float]) -> EdgeLink:
@@ -189,15 +185,16 @@ class Controller:
             f"http://{edge.jsonrpc.address}:{edge.jsonrpc.port}/RPC"))
         name = edge.name
 
-        def on_event(ev: dict[str, Any]) -> None:
-            self._on_event(name, ev)
+        def on_event(doc: dict[str, Any]) -> None:
+            self._on_event(name, doc)
 
         def on_state(up: bool) -> None:
             self.metrics.evapi_up.labels(name).set(1 if up else 0)
             if up and self._started:
                 self.metrics.evapi_reconnects.labels(name).inc()
                 # events were lost while disconnected: catch up from Kamailio's dialogs
-                self.executor.submit(f"reconcile:{name}", lambda: self._reconcile_edge(name))
+                threading.Thread(target=self._reconcile_edge, args=(name,), daemon=True,
+                                 name=f"reconcile-{name}").start()
 
         evapi = EvapiClient((edge.evapi.address, edge.evapi.port), on_event, on_state=on_state,
                             name=name, backoff=backoff)
@@ -205,10 +202,12 @@ class Controller:
         host = edge.listen[0].advertise or edge.listen[0].address
         for listen in edge.listen:
             ports.setdefault(listen.proto, listen.port)
-        return EdgeLink(name, rpc, evapi, str(host).split(":")[0], ports)
+        return EdgeLink(name, rpc, evapi, EdgeSip(name, str(host).split(":")[0], ports))
 
     def start(self, *, connect_timeout: float = 5.0, reconcile: bool = True) -> None:
         """Connect to every edge, reconcile the store with the daemons, then follow events."""
+        self._loop_thread = threading.Thread(target=self._loop, name="core", daemon=True)
+        self._loop_thread.start()
         for link in self.edges.values():
             self.metrics.evapi_up.labels(link.name).set(0)
             link.evapi.start()
@@ -224,7 +223,12 @@ class Controller:
         self._started = False
         for link in self.edges.values():
             link.evapi.close()
-        self.executor.shutdown()
+        self._stop.set()
+        with self._cv:
+            self._cv.notify_all()
+        if self._loop_thread is not None:
+            self._loop_thread.join(5.0)
+        self._io.shutdown()
         for link in self.edges.values():
             link.rpc.close()
         self.pool.close()
@@ -236,615 +240,440 @@ class Controller:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # ------------------------------------------------------------------ events
-    def _on_event(self, edge: str, ev: dict[str, Any]) -> None:
-        kind = str(ev.get("event", "?"))
+    # ------------------------------------------------------------------ inputs
+    def _put(self, item: tuple[Any, ...]) -> None:
+        with self._cv:
+            self._inputs.append(item)
+            self._cv.notify()
+
+    def _on_event(self, edge: str, doc: dict[str, Any]) -> None:
+        """evapi reader thread: type the event, note ends, queue it. Never blocks."""
+        kind = str(doc.get("event", "?"))
         self.metrics.events.labels(edge, kind).inc()
-        received = time.monotonic()
-        call_id = str(ev.get("call_id", ""))
-        if kind == "rs_reply":
-            self._on_rs_reply(edge, ev)
-        elif kind == "rs_error":
-            with self._lock:
-                for (cid, _cseq), p in list(self._pending.items()):
-                    if cid == call_id:
-                        p.error = f"t_uac_send {ev.get('method')} failed at the edge"
-                        p.done.set()
-        elif kind == "rs_request":
-            s = self._by_rs.get(call_id)
-            if s is None:
-                log.info("edge %s: %s for unknown recording session %s", edge,
-                         ev.get("method"), call_id)
-                return
-            self.executor.submit(s.call_id, lambda: self._rs_request(s, ev))
-        elif kind in ("answered", "reinvite", "ended", "failed"):
-            handler = {"answered": self._answered, "reinvite": self._reinvite,
-                       "ended": self._ended, "failed": self._ended}[kind]
-            self.executor.submit(call_id, lambda: self._guard(handler, edge, ev, received))
-        else:
-            log.debug("edge %s: ignoring event %s", edge, kind)
-
-    def _guard(self, fn: Callable[..., None], *args: Any) -> None:
         try:
-            fn(*args)
-        except Exception:
-            log.exception("handling %s failed", getattr(fn, "__name__", fn))
-
-    def _on_rs_reply(self, edge: str, ev: dict[str, Any]) -> None:
-        call_id = str(ev.get("call_id", ""))
-        try:
-            code, cseq = int(ev.get("code", 0)), int(ev.get("cseq", 0))
-            reply = reply_from_event(ev)
-        except (ValueError, SipError) as exc:
-            log.error("edge %s: malformed rs_reply event: %s", edge, exc)
+            ev = parse_event(doc)
+        except EvapiProtocolError as exc:
+            self.metrics.malformed_events.labels(edge).inc()
+            log.error("edge %s: %s", edge, exc)
             return
-        if code < 200:
+        if ev is None:
             return
-        with self._lock:
-            p = self._pending.get((call_id, cseq))
-            abandoned = call_id in self._abandoned
-        if p is not None:
-            p.reply = reply
-            p.done.set()
-        elif abandoned and ev.get("method") == "INVITE" and 200 <= code < 300:
-            # an SRS answered after we gave up on it: end that session at once
-            self.executor.submit(f"orphan:{call_id}",
-                                 lambda: self._bye_orphan(edge, call_id, cseq, reply))
+        if isinstance(ev, CallEnded):
+            self._ended_seen[ev.call_id] = ev.ts or time.time()
+        shed = False
+        if isinstance(ev, CallAnswered):
+            self._pending_answered += 1
+            shed = self._pending_answered > self.site.controller.max_pending
+        self._put(("event", ev, time.monotonic(), shed))
 
-    # ------------------------------------------------------------------ call events
-    def _answered(self, edge: str, ev: dict[str, Any], received: float) -> None:
-        call_id = str(ev["call_id"])
-        with self._lock:
-            self.calls[call_id] = dict(ev, edge=edge)
-        group = ev.get("siprec")
-        if group:
-            self._setup(edge, ev, str(group), received)
+    def _feed(self, call_id: str, inp: Input) -> None:
+        self._put(("input", call_id, inp))
 
-    def _reinvite(self, edge: str, ev: dict[str, Any], received: float) -> None:
-        s = self.sessions.get(str(ev["call_id"]))
-        if s is None or s.state not in (State.ESTABLISHED, State.PAUSED):
-            return
-        # the re-INVITE's sender holds the other party, who stops sending (RFC 7866 §9.1,
-        # the hold example: the held party's <send> elements are omitted)
-        held = "callee" if ev.get("by") == "caller" else "caller"
-        pid = s.participants.get(held)
-        if pid is None:
-            return
-        snapshot = parse_metadata(s.metadata)
-        update = hold_update(snapshot, pid) if ev.get("hold") else resume_update(snapshot, pid)
-        what = f"{'hold' if ev.get('hold') else 'resume'} of the {held}"
-        # kept whether or not the SRS takes the update: a later snapshot tells the truth
-        s.held = sorted(set(s.held) | {pid}) if ev.get("hold") else \
-            [p for p in s.held if p != pid]
-        self._send_update(s, build_metadata(update), what)
-
-    def _ended(self, edge: str, ev: dict[str, Any], received: float) -> None:
-        call_id = str(ev["call_id"])
-        with self._lock:
-            call = self.calls.pop(call_id, None)
-        s = self.sessions.get(call_id)
-        if s is not None:
-            self._terminate(s, E.CALL_ENDED, f"call {ev.get('event')}"
-                            + (f" by {ev['by']}" if ev.get("by") else "")
-                            + (f" ({ev['code']})" if ev.get("code") else ""))
-        if call is not None and call.get("record_local") and ev.get("event") == "ended":
-            # rtpengine finalises the files when the call is deleted; stopping first makes
-            # the metadata file final even while delete-delay holds the call
-            node = self._node_for(call)
-            if node is not None:
+    # ------------------------------------------------------------------ the core loop
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            now = time.time()
+            wait = 0.1
+            if self._deadlines:
+                wait = max(0.0, min(wait, self._deadlines[0][0] - now))
+            with self._cv:
+                if not self._inputs and wait > 0:
+                    self._cv.wait(wait)
+                batch = list(self._inputs)
+                self._inputs.clear()
+            actions: list[tuple[str, Action]] = []
+            now = time.time()
+            for item in batch:
                 try:
-                    self.pool.client(node).stop_recording(call_id)
-                except (NgError, NgTransportError) as exc:
-                    log.debug("call %s: stop recording: %s", call_id, exc)
+                    actions += self._dispatch(item, now)
+                except Exception:  # one bad input must not stop recording of every call
+                    log.exception("controller: handling %s failed", type(item[1]).__name__)
+            actions += self._due(now)
+            actions += self._probe(now)
+            self._sweep(now)
+            if actions:
+                self._carry_out(actions)
 
-    # ------------------------------------------------------------------ set-up
-    def _node_for(self, call: dict[str, Any]) -> str | None:
-        node = self._node_by_url.get(str(call.get("rtpengine", "")))
+    def _dispatch(self, item: tuple[Any, ...], now: float) -> list[tuple[str, Action]]:
+        kind = item[0]
+        if kind == "event":
+            ev, arrived, shed = item[1], item[2], item[3]
+            self.metrics.queue_lag.observe(time.monotonic() - arrived)
+            return self._on_edge_event(ev, now, time.monotonic() - arrived, shed)
+        if kind == "input":
+            call_id, inp = item[1], item[2]
+            core = self.cores.get(call_id)
+            if core is None:
+                if isinstance(inp, Operator):
+                    self._resolve(inp.token, False, {"error": f"call {call_id} is not a live "
+                                                     "call this controller saw", "status": 404})
+                return []
+            return self._run_core(core, inp, now)
+        if kind == "fn":
+            result: list[tuple[str, Action]] = item[1](now)
+            return result
+        raise ControllerError(f"unknown input {kind}")
+
+    def _run_core(self, core: CallCore, inp: Input, now: float,
+                  start: Callable[[], list[Action]] | None = None) -> list[tuple[str, Action]]:
+        acts = start() if start is not None else core.handle(inp, now)
+        for a in acts:
+            if isinstance(a, SendInvite | SendRequest):
+                self._rs_index[a.rs_call_id] = core.call_id
+        d = core.next_deadline()
+        if d is not None:
+            heapq.heappush(self._deadlines, (d, core.call_id))
+        if core.done and core.call_id not in self._retired:
+            self._retired[core.call_id] = now + RETIRE_AFTER
+        return [(core.call_id, a) for a in acts]
+
+    def _on_edge_event(self, ev: EdgeEvent, now: float, lag: float,
+                       shed: bool) -> list[tuple[str, Action]]:
+        if isinstance(ev, CallAnswered):
+            self._pending_answered -= 1
+            return self._answered(ev, now, lag=float("inf") if shed else lag)
+        if isinstance(ev, CallReinvite | CallEnded):
+            core = self.cores.get(ev.call_id)
+            return self._run_core(core, ev, now) if core is not None else []
+        if isinstance(ev, RsReply | RsRequest | RsError):
+            if isinstance(ev, RsReply) and self.prober.owns(ev.rs_call_id):
+                return self._srs_health(self.prober.reply(ev.rs_call_id, ev.code, now), now)
+            call_id = self._rs_index.get(ev.rs_call_id)
+            core = self.cores.get(call_id) if call_id else None
+            if core is None:
+                log.debug("edge %s: %s for unknown recording session %s", ev.edge,
+                          type(ev).__name__, ev.rs_call_id)
+                return []
+            return self._run_core(core, ev, now)
+        return []
+
+    def _answered(self, ev: CallAnswered, now: float, *, lag: float = 0.0,
+                  down_since: float | None = None) -> list[tuple[str, Action]]:
+        if ev.call_id in self.cores:
+            return []  # seen already (e.g. by a reconcile)
+        group = self.groups.get(ev.siprec) if ev.siprec else None
+        node = self._node_for(ev)
+        if node is None:
+            log.error("call %s: cannot tell its rtpengine node (%s)", ev.call_id, ev.rtpengine)
+            self.store.write(losses=[Loss(ev.call_id, None, None, "unknown_node", 0.0,
+                                          f"rtpengine {ev.rtpengine!r} is not in the site",
+                                          now)])
+            self.metrics.losses.labels("unknown_node").inc()
+            return []
+        if ev.siprec and group is None:
+            log.error("call %s: SRS group %r is not in the site", ev.call_id, ev.siprec)
+        core = CallCore(ev, node=node, group=group, selector=self.selector,
+                        edge=self.edges[ev.edge].sip if ev.edge in self.edges else
+                        next(iter(self.edges.values())).sip, now=now,
+                        op_timeout=self.op_timeout)
+        self.cores[ev.call_id] = core
+        ended = self._ended_seen.get(ev.call_id)
+        return self._run_core(core, Tick(), now, start=lambda: core.start(
+            now, lag=lag, max_lag=self.site.controller.max_setup_lag, ended_at=ended,
+            down_since=down_since))
+
+    def _node_for(self, ev: CallAnswered) -> str | None:
+        node = self._node_by_url.get(ev.rtpengine or "")
         if node is not None:
             return node
-        edge = next((e for e in self.site.edges if e.name == call.get("edge")), None)
-        names = self._nodes_by_set.get(edge.media_set if edge else 0) or []
+        edge = next((e for e in self.site.edges if e.name == ev.edge), None)
+        names = [n.name for n in self.site.media.nodes
+                 if n.set == (edge.media_set if edge else 0)]
         return names[0] if len(names) == 1 else None
 
-    def _setup(self, edge: str, ev: dict[str, Any], group_name: str,
-               received: float | None = None) -> RecordingSession | None:
-        call_id = str(ev["call_id"])
-        if call_id in self.sessions:
-            return self.sessions[call_id]  # never a second SRS session for a call
-        group = self.groups.get(group_name)
-        if group is None:
-            log.error("call %s: SRS group %r is not in the site", call_id, group_name)
-            self.metrics.failures.labels("unknown_group").inc()
-            return None
-        node = self._node_for(dict(ev, edge=edge))
-        if node is None:
-            log.error("call %s: cannot tell its rtpengine node (%s)", call_id, ev.get("rtpengine"))
-            self.metrics.failures.labels("unknown_node").inc()
-            return None
-        s = RecordingSession(
-            session_id=str(uuid.uuid4()), call_id=call_id, edge=edge, node=node,
-            group=group_name, from_tag=str(ev.get("from_tag", "")),
-            to_tag=str(ev.get("to_tag", "")), sub_to_tag=f"srs-{secrets.token_hex(6)}",
-            call={k: ev.get(k) for k in ("from", "to", "from_display", "to_display", "pai",
-                                         "ruri", "trunk", "rule", "headers", "h_entry",
-                                         "h_id", "rtpengine")})
+    def _due(self, now: float) -> list[tuple[str, Action]]:
+        out: list[tuple[str, Action]] = []
+        seen: set[str] = set()
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, call_id = heapq.heappop(self._deadlines)
+            core = self.cores.get(call_id)
+            if core is None or call_id in seen:
+                continue
+            d = core.next_deadline()
+            if d is not None and d <= now:
+                seen.add(call_id)
+                out += self._run_core(core, Tick(), now)
+        return out
+
+    def _sweep(self, now: float) -> None:
+        for call_id, at in list(self._retired.items()):
+            core = self.cores.get(call_id)
+            if core is not None and not core.done:
+                del self._retired[call_id]  # e.g. an operator restarted it
+            elif now >= at:
+                del self._retired[call_id]
+                if core is not None:
+                    del self.cores[call_id]
+                    for rs in core.rs_call_ids():
+                        self._rs_index.pop(rs, None)
+        if len(self._ended_seen) > 1000:
+            horizon = now - ENDED_MEMORY
+            for call_id, ts in list(self._ended_seen.items()):
+                if ts < horizon:
+                    self._ended_seen.pop(call_id, None)
+
+    # ------------------------------------------------------------------ SRS probes
+    def _probe(self, now: float) -> list[tuple[str, Action]]:
+        out: list[tuple[str, Action]] = []
+        changes = self.prober.due(now)
+        for uri, transport, call_id in self.prober.to_send(now):
+            link = next((lk for lk in self.edges.values() if lk.evapi.connected),
+                        next(iter(self.edges.values())))
+            hdrs = options_headers(call_id, link.sip.src_uri, uri, link.sip.contact(transport))
+            ruri = uri if transport == "udp" else f"{uri};transport={transport}"
+            self._io.submit("probe", partial(self._send_probe, link, ruri, hdrs))
+        out += self._srs_health(changes, now)
+        return out
+
+    def _send_probe(self, link: EdgeLink, ruri: str, headers: str) -> None:
         try:
-            self.store.save(s)
-        except DuplicateSession:
-            log.warning("call %s: already has an open session in the store", call_id)
-            return None
-        with self._lock:
-            self.sessions[call_id] = s
-        ng = self.pool.client(node)
+            link.rpc.call("tm.t_uac_start", "OPTIONS", ruri, ".", ".", headers, timeout=2.0)
+        except KamailioError as exc:
+            log.debug("probe %s: %s", ruri, exc)
+
+    def _srs_health(self, changes: list[tuple[str, bool, float | None]],
+                    now: float) -> list[tuple[str, Action]]:
+        out: list[tuple[str, Action]] = []
+        for uri, up, last_ok in changes:
+            h = self.selector.state(uri)
+            h.up, h.last_ok = up, last_ok
+            self.metrics.srs_up.labels(uri).set(1 if up else 0)
+            if up:
+                log.info("SRS %s answers probes again", uri)
+                continue
+            log.error("SRS %s is down (probes unanswered; last answer %s)", uri,
+                      time.strftime("%H:%M:%S", time.localtime(last_ok)) if last_ok else "never")
+            for core in list(self.cores.values()):
+                if any(s.srs_uri == uri for s in core.open_sessions()):
+                    out += self._run_core(core, SrsDown(uri, last_ok), now)
+        return out
+
+    # ------------------------------------------------------------------ actions
+    def _carry_out(self, actions: list[tuple[str, Action]]) -> None:
+        sessions: dict[str, RecordingSession] = {}
+        calls: dict[str, CallRecord] = {}
+        losses: list[Loss] = []
+        io: list[tuple[str, Action]] = []
+        for call_id, a in actions:
+            if isinstance(a, Persist):
+                sessions[a.session.session_id] = a.session
+            elif isinstance(a, PersistCall):
+                calls[a.call.call_id] = a.call
+            elif isinstance(a, Loss):
+                losses.append(a)
+                self.metrics.losses.labels(a.reason).inc()
+                self.metrics.loss_seconds.labels(a.reason).inc(a.seconds)
+                log.warning("call %s: recording loss %s (%.2f s): %s", a.call_id, a.reason,
+                            a.seconds, a.detail)
+            elif isinstance(a, Observe):
+                self._observe(a)
+            elif isinstance(a, Reply):
+                self._resolve(a.token, a.ok, a.result)
+            else:
+                io.append((call_id, a))
         try:
-            sub = ng.subscribe_request(call_id, all=True, siprec=True, to_tag=s.sub_to_tag)
-            s.offer_sdp = bytes(sub.sdp)
-            rec = recording_from_call(self._call_info(s), {"media-labels": {
-                label: {"tag": m.tag} for label, m in sub.media_labels.items()}})
-            s.metadata = build_metadata(rec)
-            s.participants = {"caller": rec.participants[0].participant_id,
-                              "callee": rec.participants[1].participant_id}
-        except (NgError, NgTransportError, MetadataError, SipError) as exc:
-            self._fail(s, f"subscribe request failed: {exc}", "subscribe", group.required)
-            return s
-        s.handle(E.SUBSCRIBED, f"{len(sub.media_labels)} streams on {node}")
-        self.store.save(s)
-        reason = "no SRS configured"
-        for idx in range(len(group.servers)):
-            srv = group.servers[idx]
-            link = self.edges[edge]
-            s.dialog = RsDialog(call_id=new_rs_call_id(), local_uri=link.src_uri,
-                                remote_uri=srv.uri, contact=link.contact(srv.transport),
-                                transport=srv.transport)
-            s.srs_index, s.srs_uri = idx, srv.uri
-            s.handle(E.INVITE, srv.uri)
-            with self._lock:
-                self._by_rs[s.dialog.call_id] = s
-            self.store.save(s)
-            ctype, body = build_siprec_body(s.offer_sdp, s.metadata)
-            reply, reason = self._invite(link, s.dialog, ctype, body, group.timeout)
-            if reply is not None and 200 <= reply.code < 300:
-                self._established(s, reply, received)
-                return s
-            code = reply.code if reply is not None else None
-            s.handle(E.REJECTED, reason)
-            self.store.save(s)
-            if code is not None and code in group.no_failover_codes:
-                log.warning("call %s: %s answered %s, listed as no-failover", call_id, srv.uri,
-                            code)
-                break
-            if idx + 1 < len(group.servers):
-                self.metrics.failovers.labels(group_name).inc()
-                log.warning("call %s: SRS %s failed (%s); trying the next", call_id, srv.uri,
-                            reason)
-        self._fail(s, f"no SRS took the session (last: {reason})", "no_srs", group.required)
-        return s
+            self.store.write(sessions=sessions.values(), calls=calls.values(), losses=losses)
+        except SiprecctlError as exc:
+            log.error("state store: %s", exc)
+            self.metrics.events_total.labels("store_error").inc()
+        for call_id, a in io:
+            self._io.submit(call_id, partial(self._do, call_id, a))
 
-    def _call_info(self, s: RecordingSession) -> CallInfo:
-        c = s.call
-        return CallInfo(from_header=_name_addr(c.get("from_display"), c.get("from")),
-                        to_header=_name_addr(c.get("to_display"), c.get("to")),
-                        from_tag=s.from_tag, to_tag=s.to_tag,
-                        p_asserted_identity=str(c["pai"]) if c.get("pai") else None,
-                        start_time=datetime.now(UTC))
+    def _observe(self, a: Observe) -> None:
+        m = self.metrics
+        if a.kind == "setup_latency":
+            m.setup_latency.observe(a.value)
+            m.sessions_total.labels("established").inc()
+        elif a.kind == "failover":
+            m.failovers.labels(*a.labels).inc()
+        elif a.kind == "srs_selected":
+            m.selections.labels(*a.labels).inc()
+        elif a.kind == "gap_opened":
+            m.gaps_opened.labels(*a.labels).inc()
+        else:
+            m.events_total.labels(a.kind).inc()
 
-    def _invite(self, link: EdgeLink, dialog: RsDialog, ctype: str, body: bytes,
-                timeout: float) -> tuple[RsReply | None, str]:
-        """Send the INVITE through ``tm.t_uac_wait``: (final reply or None, reason)."""
-        hdrs = dialog.invite_headers(ctype)
+    def _do(self, call_id: str, a: Action) -> None:
+        """One action's I/O, on an I/O worker (in order per call); results are fed back."""
         try:
-            r = link.rpc.call("tm.t_uac_wait", "INVITE", dialog.request_uri(), ".", ".", hdrs,
-                              body.decode("utf-8"), timeout=timeout)
-        except KamailioUnreachable:
-            # stop tm's retransmissions; a 2xx arriving later is BYEd (see _on_rs_reply)
-            with self._lock:
-                self._abandoned.add(dialog.call_id)
-            try:
-                link.rpc.call("tm.cancel", dialog.call_id, str(dialog.invite_cseq), timeout=2)
-            except KamailioError as exc:
-                log.debug("tm.cancel %s: %s", dialog.call_id, exc)
-            self.metrics.failures.labels("srs_timeout").inc()
-            return None, f"no answer from {dialog.remote_uri} in {timeout:g} s"
-        except KamailioRpcError as exc:
-            self.metrics.failures.labels("srs_transport").inc()
-            return None, f"Kamailio could not send the INVITE: {exc.rpc_message}"
+            if isinstance(a, Subscribe):
+                try:
+                    sub = self.pool.client(a.node).subscribe_request(
+                        a.call_id, all=True, siprec=True, to_tag=a.to_tag)
+                except (NgError, NgTransportError) as exc:
+                    gone = isinstance(exc, NgError) and "unknown call" in str(exc).lower()
+                    self._feed(call_id, NgFailed(a.session_id, "subscribe", str(exc), gone))
+                    return
+                self._feed(call_id, Subscribed(
+                    a.session_id, bytes(sub.sdp),
+                    {label: m.tag for label, m in sub.media_labels.items()}))
+            elif isinstance(a, SubscribeAnswer):
+                try:
+                    self.pool.client(a.node).subscribe_answer(a.call_id, a.to_tag, a.sdp)
+                except (NgError, NgTransportError) as exc:
+                    self._feed(call_id, NgFailed(a.session_id, "subscribe_answer", str(exc)))
+            elif isinstance(a, Unsubscribe):
+                self._ng_quiet(a.node, "unsubscribe", a.call_id,
+                               lambda ng: ng.unsubscribe(a.call_id, a.to_tag))
+            elif isinstance(a, DeleteCall):
+                self._ng_quiet(a.node, "delete", a.call_id, lambda ng: ng.delete(a.call_id))
+            elif isinstance(a, StartLocal):
+                self._ng_quiet(a.node, "start recording", a.call_id,
+                               lambda ng: ng.start_recording(a.call_id))
+            elif isinstance(a, StopLocal):
+                self._ng_quiet(a.node, "stop recording", a.call_id,
+                               lambda ng: ng.stop_recording(a.call_id))
+            elif isinstance(a, SendInvite):
+                link = self.edges[a.edge]
+                try:
+                    link.rpc.call("tm.t_uac_start", "INVITE", a.ruri, ".", ".", a.headers,
+                                  a.body.decode("utf-8"), timeout=5.0)
+                except KamailioError as exc:
+                    self._feed(call_id, SendFailed(a.rs_call_id, a.cseq, "INVITE", str(exc)))
+            elif isinstance(a, SendRequest):
+                cmd: dict[str, Any] = {"cmd": "uac", "call_id": a.rs_call_id,
+                                       "method": a.method, "ruri": a.ruri,
+                                       "nexthop": a.nexthop, "headers": a.headers,
+                                       "body": a.body.decode("utf-8")}
+                if a.sdp is not None:
+                    cmd["sdp"] = a.sdp.decode("utf-8", "replace")
+                try:
+                    self.edges[a.edge].evapi.send(cmd)
+                except KamailioError as exc:
+                    self._feed(call_id, SendFailed(a.rs_call_id, a.cseq, a.method, str(exc)))
+            elif isinstance(a, CancelInvite):
+                try:
+                    self.edges[a.edge].rpc.call("tm.cancel", a.rs_call_id, str(a.cseq),
+                                                timeout=2.0)
+                except KamailioError as exc:
+                    log.debug("tm.cancel %s: %s", a.rs_call_id, exc)
+            elif isinstance(a, EdgeSdp | EdgeForget):
+                cmd = {"cmd": "sdp", "call_id": a.rs_call_id,
+                       "sdp": a.sdp.decode("utf-8", "replace")} if isinstance(a, EdgeSdp) \
+                    else {"cmd": "forget", "call_id": a.rs_call_id}
+                try:
+                    self.edges[a.edge].evapi.send(cmd)
+                except KamailioError as exc:
+                    log.warning("edge %s: %s", a.edge, exc)
+            elif isinstance(a, EndCall):
+                log.error("call %s: ending the call: %s", a.call_id, a.reason)
+                try:
+                    if a.h_entry is None or a.h_id is None:
+                        raise ControllerError("the call event has no dialog id (h_entry/h_id)")
+                    self.edges[a.edge].rpc.call("dlg.end_dlg", a.h_entry, a.h_id)
+                    self.metrics.events_total.labels("call_ended_required").inc()
+                except (KamailioError, ControllerError) as exc:
+                    log.error("call %s: could not end the call: %s", a.call_id, exc)
+        except Exception:
+            log.exception("call %s: %s failed", call_id, type(a).__name__)
+
+    def _ng_quiet(self, node: str, what: str, call_id: str, fn: Callable[[Any], Any]) -> None:
         try:
-            code, reason = int(r[0]), str(r[1])
-        except (TypeError, ValueError, IndexError) as exc:
-            return None, f"unreadable t_uac_wait result: {exc}"
-        if not 200 <= code < 300:
-            self.metrics.failures.labels(f"srs_{code // 100}xx").inc()
-            # a final failure is all we need; its headers are not always a full block
-            return RsReply(code, reason, None, None, None, None, b""), f"{code} {reason}"
-        try:
-            reply = parse_rs_reply(code, reason, str(r[5]) if len(r) > 5 else "")
-        except SipError as exc:
-            return None, f"unreadable 2xx from the SRS: {exc}"
-        return reply, f"{code} {reason}"
-
-    def _established(self, s: RecordingSession, reply: RsReply, received: float | None) -> bool:
-        assert s.dialog is not None
-        try:
-            s.dialog.confirm(reply)
-            sdp = reply.body
-            if reply.content_type and "multipart" in reply.content_type.lower():
-                sdp = parse_siprec_body(reply.content_type, reply.body).sdp
-            s.answer_sdp = sdp
-            self.pool.client(s.node).subscribe_answer(s.call_id, s.sub_to_tag, sdp)
-        except (SipError, NgError, NgTransportError) as exc:
-            log.error("call %s: SRS answer unusable: %s", s.call_id, exc)
-            s.handle(E.ANSWERED, "answer unusable")
-            self._terminate(s, E.ERROR, f"SRS answer unusable: {exc}")
-            self.metrics.failures.labels("answer_unusable").inc()
-            return False
-        s.handle(E.ANSWERED, s.srs_uri or "")
-        self.store.save(s)
-        self._edge_cmd(s, {"cmd": "sdp", "sdp": s.offer_sdp.decode()})
-        if received is not None:
-            self.metrics.setup_latency.observe(time.monotonic() - received)
-        self.metrics.sessions_total.labels("established").inc()
-        log.info("call %s: recording on %s (session %s)", s.call_id, s.srs_uri, s.session_id)
-        return True
-
-    def _fail(self, s: RecordingSession, reason: str, metric: str, required: bool) -> None:
-        log.error("call %s: recording failed: %s", s.call_id, reason)
-        self.metrics.failures.labels(metric).inc()
-        self.metrics.sessions_total.labels("failed").inc()
-        if s.state is State.SUBSCRIBED:
-            self._unsubscribe(s)
-        s.reason = reason
-        s.handle(E.EXHAUSTED if s.state is State.SUBSCRIBED else E.ERROR, reason)
-        self.store.save(s)
-        with self._lock:
-            self.sessions.pop(s.call_id, None)
-        if required:
-            self._end_call(s, reason)
-
-    def _end_call(self, s: RecordingSession, reason: str) -> None:
-        """Recording is required and impossible: end the call (dlg.end_dlg)."""
-        link = self.edges[s.edge]
-        h_entry, h_id = s.call.get("h_entry"), s.call.get("h_id")
-        log.error("call %s: ending the call: recording is required and failed (%s)",
-                  s.call_id, reason)
-        try:
-            if h_entry is None or h_id is None:
-                raise ControllerError("the call event has no dialog id (h_entry/h_id)")
-            link.rpc.call("dlg.end_dlg", int(h_entry), int(h_id))
-            self.metrics.failures.labels("call_ended_required").inc()
-        except (KamailioError, ControllerError) as exc:
-            log.error("call %s: could not end the call: %s", s.call_id, exc)
-
-    # ------------------------------------------------------------------ in-dialog
-    def _edge_cmd(self, s: RecordingSession, cmd: dict[str, Any]) -> None:
-        assert s.dialog is not None
-        try:
-            self.edges[s.edge].evapi.send(dict(cmd, call_id=s.dialog.call_id))
-        except KamailioUnreachable as exc:
-            log.warning("call %s: %s", s.call_id, exc)
-
-    def _uac(self, s: RecordingSession, method: str, body: bytes = b"",
-             content_type: str | None = None, sdp: bytes | None = None,
-             timeout: float = IN_DIALOG_TIMEOUT) -> RsReply:
-        """Send an in-dialog request through the edge and wait for its final reply."""
-        assert s.dialog is not None
-        ruri, hdrs, cseq = s.dialog.request(method, content_type if body else None)
-        key = (s.dialog.call_id, cseq)
-        p = _Pending()
-        with self._lock:
-            self._pending[key] = p
-        cmd: dict[str, Any] = {"cmd": "uac", "call_id": s.dialog.call_id, "method": method,
-                               "ruri": ruri, "nexthop": s.dialog.nexthop(), "headers": hdrs,
-                               "body": body.decode("utf-8")}
-        if sdp is not None:
-            cmd["sdp"] = sdp.decode()
-        try:
-            self.edges[s.edge].evapi.send(cmd)
-            if not p.done.wait(timeout):
-                raise ControllerError(f"{method} to {s.srs_uri}: no reply in {timeout:g} s")
-            if p.error:
-                raise ControllerError(f"{method} to {s.srs_uri}: {p.error}")
-            assert p.reply is not None
-            return p.reply
-        finally:
-            with self._lock:
-                self._pending.pop(key, None)
-            self.store.save(s)  # the CSeq moved
-
-    def _reinvite_srs(self, s: RecordingSession, sdp: bytes, metadata: bytes | None,
-                      what: str) -> RsReply:
-        ctype, body = build_siprec_body(sdp, metadata)
-        reply = self._uac(s, "INVITE", body, ctype, sdp=sdp)
-        if not 200 <= reply.code < 300:
-            raise ControllerError(f"re-INVITE ({what}) answered {reply.code} {reply.reason}")
-        return reply
-
-    def _send_update(self, s: RecordingSession, metadata: bytes, what: str) -> None:
-        try:
-            self._reinvite_srs(s, s.offer_sdp, metadata, what)
-        except (ControllerError, KamailioUnreachable) as exc:
-            log.error("call %s: metadata update (%s) failed: %s", s.call_id, what, exc)
-            self.metrics.failures.labels("update").inc()
-            return
-        s.handle(E.UPDATE, what)
-        self.store.save(s)
-
-    def _rs_request(self, s: RecordingSession, ev: dict[str, Any]) -> None:
-        method = str(ev.get("method", ""))
-        ctype = str(ev.get("content_type", "")).lower()
-        body = str(ev.get("body", ""))
-        assert s.dialog is not None
-        rs = s.dialog.call_id
-        if method == "BYE":
-            if s.open and s.state is not State.TERMINATING:
-                self._terminate(s, E.SRS_BYE, "the SRS ended the session", bye=False)
-        elif method in ("INVITE", "UPDATE"):
-            snapshot = "rs-metadata-request" in ctype or "requestsnapshot" in body
-            if snapshot:
-                # RFC 7866 §9.2: answered by the edge; a complete snapshot follows in a new
-                # transaction, after the ACK for an INVITE
-                if method == "UPDATE":
-                    self._send_snapshot(s)
-                else:
-                    self._snapshot_due.add(rs)
-            elif s.state in (State.ESTABLISHED, State.PAUSED):
-                s.handle(E.UPDATE, f"session refresh ({method}) answered by the edge")
-                self.store.save(s)
-            if body and s.state in (State.ESTABLISHED, State.PAUSED):
-                self._srs_offer(s, ctype, body.encode("utf-8", "surrogateescape"))
-        elif method == "ACK" and rs in self._snapshot_due:
-            self._snapshot_due.discard(rs)
-            self._send_snapshot(s)
-
-    def _srs_offer(self, s: RecordingSession, ctype: str, body: bytes) -> None:
-        """An SRS offer in a re-INVITE/UPDATE. The edge answered it with our current SDP;
-        if the SRS now receives elsewhere (another address or port, e.g. a move to another
-        media node), rtpengine is told with a new ``subscribe answer`` (10.5 re-targets the
-        fork on a repeated subscribe answer). While paused there is no subscription: the
-        SDP is kept for the resume."""
-        try:
-            sdp = parse_siprec_body(ctype, body).sdp
-            if not sdp:
-                return
-            before, after = media_targets(s.answer_sdp), media_targets(sdp)
-        except SipError as exc:
-            log.warning("call %s: unreadable SDP from the SRS: %s", s.call_id, exc)
-            return
-        if after == before:
-            return
-        s.answer_sdp = sdp
-        moved = ", ".join(f"{a}:{p}" for _, a, p in after)
-        if s.state is State.ESTABLISHED:
-            try:
-                self.pool.client(s.node).subscribe_answer(s.call_id, s.sub_to_tag, sdp)
-            except (NgError, NgTransportError) as exc:
-                log.error("call %s: the SRS moved its media to %s, but rtpengine refused "
-                          "it: %s", s.call_id, moved, exc)
-                self.metrics.failures.labels("srs_move_refused").inc()
-                return
-        s.handle(E.UPDATE, f"SRS media moved from {', '.join(f'{a}:{p}' for _, a, p in before)} "
-               f"to {moved}")
-        self.store.save(s)
-        log.info("call %s: SRS media moved to %s", s.call_id, moved)
-
-    def _send_snapshot(self, s: RecordingSession) -> None:
-        if s.state not in (State.ESTABLISHED, State.PAUSED):
-            return
-        doc = s.metadata
-        if s.held:
-            try:
-                doc = build_metadata(with_holds(parse_metadata(s.metadata), s.held))
-            except MetadataError as exc:
-                log.warning("call %s: snapshot with the holds refused (%s); sending the "
-                            "initial one", s.call_id, exc)
-        self._send_update(s, doc, "complete snapshot requested by the SRS")
-
-    def _unsubscribe(self, s: RecordingSession) -> None:
-        try:
-            self.pool.client(s.node).unsubscribe(s.call_id, s.sub_to_tag)
+            fn(self.pool.client(node))
         except NgError as exc:
             # the call (and with it the subscription) may already be gone from rtpengine
-            log.debug("call %s: unsubscribe: %s", s.call_id, exc)
+            log.debug("call %s: %s: %s", call_id, what, exc)
         except NgTransportError as exc:
-            log.warning("call %s: unsubscribe: %s", s.call_id, exc)
-
-    def _terminate(self, s: RecordingSession, event: E, reason: str, *, bye: bool = True) -> None:
-        """End the recording session: BYE with final metadata, unsubscribe, forget."""
-        if not s.open:
-            return
-        was = s.state
-        if was is State.NEW:
-            s.handle(E.CALL_ENDED if event is E.CALL_ENDED else E.STOP, reason)
-        else:
-            if was is State.INVITING:
-                s.handle(E.ERROR, reason)
-            else:
-                s.handle(event, reason)
-            if bye and was in (State.ESTABLISHED, State.PAUSED):
-                try:
-                    final = end_of_call_update(parse_metadata(s.metadata), datetime.now(UTC))
-                    body = build_metadata(final)
-                    reply = self._uac(s, "BYE", body, "application/rs-metadata+xml")
-                    if reply.code >= 300:
-                        log.warning("call %s: BYE to the SRS answered %d", s.call_id,
-                                    reply.code)
-                except (ControllerError, KamailioUnreachable, MetadataError) as exc:
-                    log.warning("call %s: BYE to the SRS: %s", s.call_id, exc)
-            self._unsubscribe(s)
-            if s.dialog is not None:
-                self._edge_cmd(s, {"cmd": "forget"})
-            if s.state is State.TERMINATING:
-                s.handle(E.DONE, reason)
-        if s.reason is None:
-            s.reason = reason
-        self.store.save(s)
-        with self._lock:
-            self.sessions.pop(s.call_id, None)
-        log.info("call %s: recording session %s closed: %s", s.call_id, s.session_id, reason)
-
-    def _bye_orphan(self, edge: str, rs_call_id: str, cseq: int, reply: RsReply) -> None:
-        s = self._by_rs.get(rs_call_id)
-        if s is None or s.dialog is None or s.dialog.call_id != rs_call_id:
-            link = self.edges[edge]
-            d = RsDialog(call_id=rs_call_id, local_uri=link.src_uri,
-                         remote_uri=reply.contact or "sip:invalid", contact=link.contact("udp"))
-        else:
-            d = RsDialog.from_dict(s.dialog.to_dict())
-        d.cseq = cseq
-        try:
-            d.confirm(reply)
-            ruri, hdrs, _ = d.request("BYE")
-            self.edges[edge].evapi.send({"cmd": "uac", "call_id": rs_call_id, "method": "BYE",
-                                         "ruri": ruri, "headers": hdrs, "body": ""})
-            log.warning("late 2xx from %s for abandoned session %s: sent BYE", reply.contact,
-                        rs_call_id)
-            self.metrics.failures.labels("late_answer").inc()
-        except (SipError, KamailioUnreachable) as exc:
-            log.error("cannot BYE the late-answered session %s: %s", rs_call_id, exc)
+            log.warning("call %s: %s: %s", call_id, what, exc)
 
     # ------------------------------------------------------------------ operator actions
-    def _session(self, call_id: str) -> RecordingSession:
-        s = self.sessions.get(call_id)
-        if s is None:
-            raise ControllerError(f"call {call_id} has no open recording session")
-        return s
+    def _resolve(self, token: int, ok: bool, result: dict[str, Any]) -> None:
+        fut = self._ops.pop(token, None)
+        if fut is not None and not fut.done():
+            fut.set_result((ok, result))
 
-    def _run(self, call_id: str, fn: Callable[[], T], timeout: float = 30.0) -> T:
-        return self.executor.submit(call_id, fn).result(timeout)
+    def _operate(self, call_id: str, op: str, *, actor: str, group: str | None = None,
+                 local: bool = False) -> dict[str, Any]:
+        self._op_seq += 1
+        token = self._op_seq
+        fut: Future[tuple[bool, dict[str, Any]]] = Future()
+        self._ops[token] = fut
+        self._feed(call_id, Operator(op, token, actor, group, local))  # type: ignore[arg-type]
+        try:
+            ok, result = fut.result(self.op_timeout + 5.0)
+        except TimeoutError:
+            self._ops.pop(token, None)
+            raise
+        if ok:
+            return result
+        status = int(str(result.get("status", 502)))
+        message = str(result.get("error", "failed"))
+        if status == 404:
+            raise ControllerError(message if "not a live call" in message
+                                  else f"call {call_id} has no open recording session "
+                                       f"({message})")
+        if status == 409:
+            raise IllegalTransition("recording session", str(result.get("state", message)), op)
+        raise ControllerError(message)
 
-    def start_recording(self, call_id: str, *, group: str | None = None,
-                        local: bool = False) -> dict[str, Any]:
-        """Record a live call: SIPREC to ``group`` (default: the site's), and/or locally."""
-        def go() -> dict[str, Any]:
-            call = self.calls.get(call_id)
-            if call is None:
-                raise ControllerError(f"call {call_id} is not a live call this controller saw")
-            out: dict[str, Any] = {"call_id": call_id}
-            if local:
-                node = self._node_for(call)
-                if node is None:
-                    raise ControllerError(f"call {call_id}: unknown rtpengine node")
-                self.pool.client(node).start_recording(call_id)
-                out["local"] = "started"
-            g = group or (None if local else (call.get("siprec")
-                                              or self.site.recording.siprec))
-            if g:
-                s = self._setup(str(call["edge"]), call, g, None)
-                if s is None or s.state is not State.ESTABLISHED:
-                    raise ControllerError(f"call {call_id}: SIPREC set-up failed: "
-                                          f"{s.reason if s else 'see the log'}")
-                out["session"] = s.summary()
-            return out
-        return self._run(call_id, go)
+    def start_recording(self, call_id: str, *, group: str | None = None, local: bool = False,
+                        actor: str = "operator") -> dict[str, Any]:
+        """Record a live call: SIPREC to ``group`` (default: the call's or the site's),
+        and/or locally."""
+        if group is None and not local:
+            core = self.cores.get(call_id)
+            group = (core.group.name if core is not None and core.group is not None
+                     else (core.call.siprec if core is not None else None)
+                     or self.site.recording.siprec)
+        return self._operate(call_id, "start", actor=actor, group=group, local=local)
 
-    def stop_recording(self, call_id: str, *, local: bool = False) -> dict[str, Any]:
-        def go() -> dict[str, Any]:
-            out: dict[str, Any] = {"call_id": call_id}
-            if local:
-                call = self.calls.get(call_id) or {}
-                node = self._node_for(call)
-                if node is None:
-                    raise ControllerError(f"call {call_id}: unknown rtpengine node")
-                self.pool.client(node).stop_recording(call_id)
-                out["local"] = "stopped"
-            s = self.sessions.get(call_id)
-            if s is not None:
-                self._terminate(s, E.STOP, "stopped by the operator")
-                out["session"] = s.summary()
-            elif not local:
-                raise ControllerError(f"call {call_id} has no open recording session")
-            return out
-        return self._run(call_id, go)
+    def stop_recording(self, call_id: str, *, local: bool = False,
+                       actor: str = "operator") -> dict[str, Any]:
+        return self._operate(call_id, "stop", actor=actor, local=local)
 
-    def _resubscribe(self, s: RecordingSession) -> bytes:
-        """A fresh subscription with the same tag; its SDP carrying our o= line, bumped."""
-        sub = self.pool.client(s.node).subscribe_request(s.call_id, all=True, siprec=True,
-                                                         to_tag=s.sub_to_tag)
-        return bump_version(with_origin(bytes(sub.sdp), s.offer_sdp))
+    def pause(self, call_id: str, *, actor: str = "operator") -> dict[str, Any]:
+        """RFC 7866 §7.1.1.1 pause: media stopped first (no audio leaks), then a=inactive."""
+        return self._operate(call_id, "pause", actor=actor)
 
-    def pause(self, call_id: str) -> dict[str, Any]:
-        """RFC 7866 §7.1.1.1 pause: stop the media first (no audio leaks), then a=inactive.
-
-        rtpengine 10.5 keeps forking after a ``subscribe answer``/``request`` with
-        a=inactive, and ``block media`` silences the call itself (both measured), so the
-        pause removes the subscription; resume subscribes again with the same tag."""
-        def go() -> dict[str, Any]:
-            s = self._session(call_id)
-            if s.state is not State.ESTABLISHED:
-                raise IllegalTransition("recording session", s.state.value, E.PAUSE.value)
-            ng = self.pool.client(s.node)
-            ng.unsubscribe(call_id, s.sub_to_tag)
-            offer = bump_version(set_direction(s.offer_sdp, "inactive"))
-            try:
-                self._reinvite_srs(s, offer, None, "pause")
-            except (ControllerError, KamailioUnreachable):
-                # the SRS still records: fork the media again
-                self._resubscribe(s)
-                ng.subscribe_answer(call_id, s.sub_to_tag, s.answer_sdp)
-                raise
-            s.offer_sdp = offer
-            s.handle(E.PAUSE, "operator")
-            self.store.save(s)
-            return s.summary()
-        return self._run(call_id, go)
-
-    def resume(self, call_id: str) -> dict[str, Any]:
-        def go() -> dict[str, Any]:
-            s = self._session(call_id)
-            if s.state is not State.PAUSED:
-                raise IllegalTransition("recording session", s.state.value, E.RESUME.value)
-            offer = set_direction(self._resubscribe(s), "sendonly")
-            try:
-                reply = self._reinvite_srs(s, offer, None, "resume")
-            except (ControllerError, KamailioUnreachable):
-                self._unsubscribe(s)  # stay paused: nothing may flow
-                raise
-            s.offer_sdp = offer
-            s.answer_sdp = reply.body or s.answer_sdp
-            self.pool.client(s.node).subscribe_answer(call_id, s.sub_to_tag, s.answer_sdp)
-            s.handle(E.RESUME, "operator")
-            self.store.save(s)
-            return s.summary()
-        return self._run(call_id, go)
+    def resume(self, call_id: str, *, actor: str = "operator") -> dict[str, Any]:
+        return self._operate(call_id, "resume", actor=actor)
 
     # ------------------------------------------------------------------ reconciliation
-    def _dialogs(self, link: EdgeLink) -> dict[str, dict[str, Any]]:
-        """Confirmed dialogs of an edge by call-id, from ``dlg.list``."""
-        out: dict[str, dict[str, Any]] = {}
+    def _dialogs(self, link: EdgeLink) -> dict[str, CallAnswered]:
+        """Confirmed dialogs of an edge by call-id, from ``dlg.list``, as answered events."""
+        out: dict[str, CallAnswered] = {}
         for d in link.rpc.call("dlg.list", timeout=5.0) or []:
             if not isinstance(d, dict):
                 continue
             call_id = d.get("call-id")
             if not call_id or int(d.get("state", 0)) not in (3, 4):  # confirmed (+ACK)
                 continue
-            variables: dict[str, Any] = {}
-            for v in d.get("variables") or []:
-                if isinstance(v, dict):
-                    variables.update(v)
+            v: dict[str, Any] = {}
+            for item in d.get("variables") or []:
+                if isinstance(item, dict):
+                    v.update(item)
             caller, callee = d.get("caller") or {}, d.get("callee") or {}
-            ev = {"event": "answered", "call_id": call_id, "edge": link.name,
-                  "h_entry": d.get("h_entry"), "h_id": d.get("h_id"),
-                  "from_tag": caller.get("tag") or variables.get("from_tag"),
-                  "to_tag": callee.get("tag") or variables.get("to_tag"),
-                  "from": variables.get("from") or d.get("from_uri"),
-                  "to": variables.get("to") or d.get("to_uri"),
-                  "from_display": variables.get("from_display"),
-                  "to_display": variables.get("to_display"), "pai": variables.get("pai"),
-                  "rtpengine": variables.get("rtpengine"), "rule": variables.get("rule"),
-                  "siprec": variables.get("siprec") or None,
-                  "record_local": variables.get("rec_local") == "1"}
-            out[str(call_id)] = ev
+            doc = {"event": "answered", "call_id": call_id, "edge": link.name,
+                   "ts": d.get("start_ts") or None, "h_entry": d.get("h_entry"),
+                   "h_id": d.get("h_id"),
+                   "from_tag": caller.get("tag") or v.get("from_tag") or "?",
+                   "to_tag": callee.get("tag") or v.get("to_tag") or "?",
+                   "from": v.get("from") or d.get("from_uri"), "to": v.get("to") or
+                   d.get("to_uri"), "from_display": v.get("from_display"),
+                   "to_display": v.get("to_display"), "pai": v.get("pai"),
+                   "rtpengine": v.get("rtpengine"), "rule": v.get("rule"),
+                   "siprec": v.get("siprec") or None, "session_id": v.get("session_id"),
+                   "record_local": v.get("rec_local") == "1"}
+            try:
+                ev = parse_event(doc)
+            except EvapiProtocolError as exc:
+                log.warning("edge %s: dialog %s unusable: %s", link.name, call_id, exc)
+                continue
+            if isinstance(ev, CallAnswered):
+                out[str(call_id)] = ev
         return out
 
-    def reconcile(self) -> dict[str, int]:
+    def reconcile(self, timeout: float = 30.0) -> dict[str, int]:
         """Bring the store in line with Kamailio's dialogs and rtpengine (after a restart)."""
         totals = {"adopted": 0, "closed": 0, "restarted": 0, "started": 0}
         for name in self.edges:
-            for k, v in self._reconcile_edge(name).items():
+            for k, v in self._reconcile_edge(name, timeout).items():
                 totals[k] += v
         log.info("reconciled: %s", totals)
         return totals
 
-    def _reconcile_edge(self, edge: str) -> dict[str, int]:
+    def _reconcile_edge(self, edge: str, timeout: float = 30.0) -> dict[str, int]:
+        """Gather (I/O, this thread), then apply on the core loop."""
         link = self.edges[edge]
         counts = {"adopted": 0, "closed": 0, "restarted": 0, "started": 0}
         try:
@@ -852,52 +681,83 @@ class Controller:
         except KamailioError as exc:
             log.error("edge %s: cannot list dialogs, not reconciling: %s", edge, exc)
             return counts
-        for call_id, ev in live.items():
-            with self._lock:
-                self.calls.setdefault(call_id, ev)
+        stored: dict[str, list[RecordingSession]] = {}
         for s in self.store.open_sessions():
-            if s.edge != edge or s.call_id in self.sessions:
-                continue
-            outcome = self._run(s.call_id, partial(self._reconcile_session, s, live))
-            counts[outcome] += 1
-        for call_id, ev in live.items():
-            if ev.get("siprec") and call_id not in self.sessions:
-                s2 = self._run(call_id, partial(self._setup, edge, ev, str(ev["siprec"]),
-                                                None))
-                if s2 is not None and s2.state is State.ESTABLISHED:
-                    counts["started"] += 1
-        return counts
+            if s.edge == edge:
+                stored.setdefault(s.call_id, []).append(s)
+        subscribed: dict[str, set[str]] = {}
+        for call_id, sessions in stored.items():
+            if call_id in live:
+                node = sessions[0].node
+                try:
+                    subscribed[call_id] = set(self.pool.client(node).query(call_id).tags)
+                except (NgError, NgTransportError):
+                    subscribed[call_id] = set()
+        done: Future[dict[str, int]] = Future()
 
-    def _reconcile_session(self, s: RecordingSession, live: dict[str, dict[str, Any]]) -> str:
-        if s.dialog is not None:
-            with self._lock:
-                self._by_rs[s.dialog.call_id] = s
-                self.sessions[s.call_id] = s
-        if s.call_id not in live:
-            self._terminate(s, E.CALL_ENDED, "the call ended while the controller was down")
-            return "closed"
-        if s.state in (State.ESTABLISHED, State.PAUSED) and self._subscribed(s):
-            log.info("call %s: recording session %s adopted", s.call_id, s.session_id)
-            return "adopted"
-        # set-up interrupted (or the subscription vanished): tear down what may exist,
-        # then record the call again, once
-        if s.state is State.INVITING and s.dialog is not None:
-            with self._lock:
-                self._abandoned.add(s.dialog.call_id)
-        self._terminate(s, E.STOP, "set-up interrupted by a controller restart")
-        ev = live[s.call_id]
-        if ev.get("siprec"):
-            self._setup(s.edge, ev, str(ev["siprec"]), None)
-        return "restarted"
+        def apply(now: float) -> list[tuple[str, Action]]:
+            out: list[tuple[str, Action]] = []
+            try:
+                for call_id, sessions in stored.items():
+                    if call_id in self.cores:
+                        continue
+                    ev = live.get(call_id)
+                    if ev is None:
+                        orphan = self._orphan_core(edge, call_id, sessions, now)
+                        out += self._run_core(orphan, Tick(), now,
+                                              start=partial(orphan.end_orphaned, now))
+                        counts["closed"] += len(sessions)
+                        continue
+                    core = self._core_for(ev, now)
+                    if core is None:
+                        continue
+                    out += self._run_core(core, Tick(), now, start=partial(
+                        core.adopt, sessions, subscribed.get(call_id, set()), now))
+                    for s in sessions:
+                        counts["adopted" if s.open else "restarted"] += 1
+                for call_id, ev in live.items():
+                    if ev.siprec and call_id not in self.cores:
+                        out += self._answered(ev, now, down_since=ev.ts or now)
+                        counts["started"] += 1
+            finally:
+                done.set_result(counts)
+            return out
 
-    def _subscribed(self, s: RecordingSession) -> bool:
+        self._put(("fn", apply))
         try:
-            info = self.pool.client(s.node).query(s.call_id)
-        except (NgError, NgTransportError):
-            return False
-        return s.sub_to_tag in info.tags
+            return done.result(timeout)
+        except TimeoutError:
+            log.error("edge %s: reconcile did not finish in %g s", edge, timeout)
+            return counts
+
+    def _core_for(self, ev: CallAnswered, now: float) -> CallCore | None:
+        node = self._node_for(ev)
+        if node is None:
+            return None
+        core = CallCore(ev, node=node, group=self.groups.get(ev.siprec or ""),
+                        selector=self.selector, edge=self.edges[ev.edge].sip, now=now,
+                        op_timeout=self.op_timeout)
+        self.cores[ev.call_id] = core
+        return core
+
+    def _orphan_core(self, edge: str, call_id: str, sessions: list[RecordingSession],
+                     now: float) -> CallCore:
+        row = self.store.call(call_id) or {}
+        ev = CallAnswered(edge=edge, call_id=call_id, ts=float(row.get("answered") or now),
+                          from_tag="?", to_tag="?", from_uri="", to_uri="",
+                          siprec=sessions[0].group)
+        core = CallCore(ev, node=sessions[0].node, group=self.groups.get(sessions[0].group),
+                        selector=self.selector, edge=self.edges[edge].sip, now=now)
+        core.had_subscription = True
+        for s in sessions:
+            core.sessions[s.session_id] = s
+        self.cores[call_id] = core
+        return core
 
     # ------------------------------------------------------------------ views
+    def _active_count(self) -> int:
+        return sum(1 for c in list(self.cores.values()) for s in c.open_sessions() if s.live)
+
     def session_views(self, *, open_only: bool = False, limit: int = 200) -> list[dict[str, Any]]:
         if open_only:
             return [s.summary() for s in self.store.open_sessions()]
@@ -905,4 +765,8 @@ class Controller:
 
     def health(self) -> dict[str, Any]:
         return {"edges": {n: link.evapi.connected for n, link in self.edges.items()},
-                "open_sessions": len(self.sessions), "live_calls": len(self.calls)}
+                "open_sessions": sum(len(c.open_sessions()) for c in list(self.cores.values())),
+                "live_calls": sum(1 for c in list(self.cores.values()) if c.live),
+                "queue": len(self._inputs),
+                "srs": {u: h.up for u, h in self.selector.health.items()},
+                "losses": self.store.loss_counts()}

@@ -1,8 +1,19 @@
-"""The controller's state: one SQLite row per recording session, plus its history.
+"""The controller's state: calls, recording sessions with their history, and losses (SQLite).
 
-A partial unique index allows one *open* session per call: even a bug elsewhere cannot
-create a duplicate SRS session for a call. Writes are committed before the controller acts
-on them further, so a SIGKILL leaves the store describing what exists.
+A partial unique index allows one *open* session per call and slot: even a bug elsewhere
+cannot create a duplicate SRS session for a slot of a call. The driver writes every batch of
+changes in one transaction and commits it before carrying out the actions that follow, so
+a SIGKILL leaves the store describing what exists (WAL; ``synchronous=NORMAL`` survives a
+process crash, not a power cut).
+
+Tables (the completeness ledger joins them with the edge's own records):
+
+    calls     one row per answered call the controller saw: policy group, slots, required,
+              answered/ended times and why it ended
+    sessions  one row per recording session: call, slot, SRS, state, reason, times, and a
+              JSON ``data`` column with the dialog, SDPs, metadata and attempts
+    history   every state change and note of a session (ts, from, to, event, detail)
+    losses    every recording the policy wanted and did not get: reason, seconds, detail
 """
 
 from __future__ import annotations
@@ -11,19 +22,39 @@ import base64
 import json
 import sqlite3
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from ..errors import ControllerError
 from .dialog import RsDialog
-from .session import OPEN_STATES, RecordingSession, State
+from .messages import CallRecord, Loss
+from .session import OPEN_STATES, Attempt, RecordingSession, State
 
 __all__ = ["DuplicateSession", "SessionStore"]
 
+SCHEMA_VERSION = 2
 _SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS calls (
+    call_id TEXT PRIMARY KEY,
+    edge TEXT NOT NULL,
+    node TEXT NOT NULL,
+    grp TEXT,
+    slots INTEGER NOT NULL,
+    required TEXT NOT NULL,
+    rule TEXT,
+    record_local INTEGER NOT NULL,
+    answered REAL NOT NULL,
+    received REAL,
+    ended REAL,
+    end_reason TEXT
+);
+CREATE INDEX IF NOT EXISTS calls_answered ON calls(answered);
 CREATE TABLE IF NOT EXISTS sessions (
     session_id TEXT PRIMARY KEY,
     call_id TEXT NOT NULL,
+    slot INTEGER NOT NULL,
     edge TEXT NOT NULL,
     node TEXT NOT NULL,
     grp TEXT NOT NULL,
@@ -34,10 +65,13 @@ CREATE TABLE IF NOT EXISTS sessions (
     data TEXT NOT NULL,
     created REAL NOT NULL,
     updated REAL NOT NULL,
+    established REAL,
+    media_until REAL,
     ended REAL
 );
-CREATE UNIQUE INDEX IF NOT EXISTS one_open_session_per_call ON sessions(call_id)
+CREATE UNIQUE INDEX IF NOT EXISTS one_open_session_per_slot ON sessions(call_id, slot)
     WHERE state IN ({", ".join(repr(s.value) for s in sorted(OPEN_STATES))});
+CREATE INDEX IF NOT EXISTS sessions_call ON sessions(call_id);
 CREATE INDEX IF NOT EXISTS sessions_rs ON sessions(rs_call_id);
 CREATE TABLE IF NOT EXISTS history (
     session_id TEXT NOT NULL,
@@ -49,11 +83,23 @@ CREATE TABLE IF NOT EXISTS history (
     detail TEXT,
     PRIMARY KEY (session_id, seq)
 );
+CREATE TABLE IF NOT EXISTS losses (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    call_id TEXT NOT NULL,
+    session_id TEXT,
+    slot INTEGER,
+    reason TEXT NOT NULL,
+    seconds REAL NOT NULL,
+    detail TEXT NOT NULL,
+    ts REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS losses_call ON losses(call_id);
+CREATE INDEX IF NOT EXISTS losses_ts ON losses(ts);
 """
 
 
 class DuplicateSession(ControllerError):
-    """The call already has an open recording session."""
+    """A slot of the call already has an open recording session."""
 
 
 def _b64(b: bytes) -> str:
@@ -75,61 +121,98 @@ class SessionStore:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
+            cols = {r[1] for r in self._db.execute("PRAGMA table_info(sessions)")}
+            if cols and "slot" not in cols:
+                raise ControllerError(
+                    f"state store {self.path} has the schema of an older siprecctl (no "
+                    "session slots); move it aside and start with a new one")
             self._db.executescript(_SCHEMA)
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)",
+                             (str(SCHEMA_VERSION),))
         except sqlite3.Error as exc:
             raise ControllerError(f"state store {self.path}: {exc}") from exc
         self._lock = threading.Lock()
+        self._history_saved: dict[str, int] = {}
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
+    # ------------------------------------------------------------------ writes
     def save(self, s: RecordingSession) -> None:
-        """Insert or update ``s`` and append its new history entries, in one transaction."""
-        data = {
-            "from_tag": s.from_tag, "to_tag": s.to_tag, "sub_to_tag": s.sub_to_tag,
-            "call": s.call, "srs_index": s.srs_index,
-            "dialog": s.dialog.to_dict() if s.dialog else None,
-            "offer_sdp": _b64(s.offer_sdp), "answer_sdp": _b64(s.answer_sdp),
-            "metadata": _b64(s.metadata), "participants": s.participants,
-            "held": s.held, "established_at": s.established_at,
-        }
-        row = (s.session_id, s.call_id, s.edge, s.node, s.group, s.state.value, s.reason,
-               s.srs_uri, s.dialog.call_id if s.dialog else None, json.dumps(data), s.created,
-               s.updated, s.ended_at)
+        """Insert or update one session (and its new history) in its own transaction."""
+        self.write(sessions=[s])
+
+    def write(self, *, sessions: Iterable[RecordingSession] = (),
+              calls: Iterable[CallRecord] = (), losses: Iterable[Loss] = ()) -> None:
+        """Everything of one batch in one transaction, committed before returning."""
+        srows, hrows = [], []
+        for s in sessions:
+            srows.append(_session_row(s))
+            done = self._history_saved.get(s.session_id, 0)
+            hrows += [(s.session_id, i, *h) for i, h in enumerate(s.history) if i >= done]
+        crows = [(c.call_id, c.edge, c.node, c.group, c.slots, c.required, c.rule,
+                  int(c.record_local), c.answered_at, c.received_at, c.ended_at, c.end_reason)
+                 for c in calls]
+        lrows = [(x.call_id, x.session_id, x.slot, x.reason, x.seconds, x.detail, x.at)
+                 for x in losses]
+        if not (srows or crows or lrows):
+            return
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
-                self._db.execute(
-                    "INSERT INTO sessions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) "
-                    "ON CONFLICT(session_id) DO UPDATE SET state=excluded.state, "
-                    "reason=excluded.reason, srs_uri=excluded.srs_uri, "
-                    "rs_call_id=excluded.rs_call_id, data=excluded.data, "
-                    "updated=excluded.updated, ended=excluded.ended, node=excluded.node", row)
-                self._db.executemany(
-                    "INSERT OR IGNORE INTO history VALUES (?,?,?,?,?,?,?)",
-                    [(s.session_id, i, *h) for i, h in enumerate(s.history)])
+                if crows:
+                    self._db.executemany(
+                        "INSERT INTO calls VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
+                        "ON CONFLICT(call_id) DO UPDATE SET grp=excluded.grp, "
+                        "slots=excluded.slots, required=excluded.required, "
+                        "record_local=excluded.record_local, ended=excluded.ended, "
+                        "end_reason=excluded.end_reason", crows)
+                if srows:
+                    self._db.executemany(
+                        "INSERT INTO sessions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+                        "ON CONFLICT(session_id) DO UPDATE SET state=excluded.state, "
+                        "reason=excluded.reason, srs_uri=excluded.srs_uri, "
+                        "rs_call_id=excluded.rs_call_id, data=excluded.data, "
+                        "updated=excluded.updated, established=excluded.established, "
+                        "media_until=excluded.media_until, ended=excluded.ended", srows)
+                if hrows:
+                    self._db.executemany(
+                        "INSERT OR IGNORE INTO history VALUES (?,?,?,?,?,?,?)", hrows)
+                if lrows:
+                    self._db.executemany(
+                        "INSERT INTO losses (call_id, session_id, slot, reason, seconds, "
+                        "detail, ts) VALUES (?,?,?,?,?,?,?)", lrows)
                 self._db.execute("COMMIT")
             except sqlite3.IntegrityError as exc:
                 self._db.execute("ROLLBACK")
-                raise DuplicateSession(f"call {s.call_id} already has an open recording "
-                                       f"session") from exc
+                raise DuplicateSession(f"a slot already has an open recording session: "
+                                       f"{exc}") from exc
             except sqlite3.Error as exc:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise ControllerError(f"state store {self.path}: {exc}") from exc
+        for s in sessions:
+            self._history_saved[s.session_id] = len(s.history)
+            if not s.open:
+                self._history_saved.pop(s.session_id, None)
 
+    # ------------------------------------------------------------------ reads
     def _load(self, where: str, args: tuple[Any, ...]) -> list[RecordingSession]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT session_id, call_id, edge, node, grp, state, reason, srs_uri, data, "
-                f"created, updated, ended FROM sessions {where}", args).fetchall()
+                "SELECT session_id, call_id, slot, edge, node, grp, state, reason, srs_uri, "
+                "data, created, updated, established, media_until, ended FROM sessions "
+                f"{where}", args).fetchall()
             out = []
             for r in rows:
                 hist = self._db.execute(
                     "SELECT ts, from_state, to_state, event, detail FROM history "
                     "WHERE session_id=? ORDER BY seq", (r[0],)).fetchall()
                 out.append(_session(r, hist))
+        for s in out:
+            if s.open:
+                self._history_saved[s.session_id] = len(s.history)
         return out
 
     def open_sessions(self) -> list[RecordingSession]:
@@ -156,17 +239,61 @@ class SessionStore:
             return dict(self._db.execute(
                 "SELECT state, count(*) FROM sessions GROUP BY state").fetchall())
 
+    def call(self, call_id: str) -> dict[str, Any] | None:
+        rows = self._query("SELECT * FROM calls WHERE call_id=?", (call_id,))
+        return rows[0] if rows else None
+
+    def calls(self, since: float = 0.0, until: float | None = None) -> list[dict[str, Any]]:
+        return self._query("SELECT * FROM calls WHERE answered >= ? AND answered < ? "
+                           "ORDER BY answered", (since, until if until is not None else 1e18))
+
+    def losses(self, *, call_id: str | None = None, since: float = 0.0,
+               until: float | None = None) -> list[dict[str, Any]]:
+        """Recorded losses, oldest first (one call, or a time window)."""
+        if call_id is not None:
+            return self._query("SELECT * FROM losses WHERE call_id=? ORDER BY id", (call_id,))
+        return self._query("SELECT * FROM losses WHERE ts >= ? AND ts < ? ORDER BY id",
+                           (since, until if until is not None else 1e18))
+
+    def loss_counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._db.execute(
+                "SELECT reason, count(*) FROM losses GROUP BY reason").fetchall())
+
+    def _query(self, sql: str, args: tuple[Any, ...]) -> list[dict[str, Any]]:
+        with self._lock:
+            cur = self._db.execute(sql, args)
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+
+def _session_row(s: RecordingSession) -> tuple[Any, ...]:
+    data = {
+        "sub_to_tag": s.sub_to_tag, "call": s.call,
+        "dialog": s.dialog.to_dict() if s.dialog else None,
+        "attempts": [[a.rs_call_id, a.srs_uri, a.transport, a.started, a.outcome]
+                     for a in s.attempts],
+        "offer_sdp": _b64(s.offer_sdp), "answer_sdp": _b64(s.answer_sdp),
+        "metadata": _b64(s.metadata), "participants": s.participants,
+        "announced_holds": sorted(s.announced_holds), "last_alive": s.last_alive,
+    }
+    return (s.session_id, s.call_id, s.slot, s.edge, s.node, s.group, s.state.value, s.reason,
+            s.srs_uri, s.rs_call_id, json.dumps(data), s.created, s.updated, s.established_at,
+            s.media_until, s.ended_at)
+
 
 def _session(r: tuple[Any, ...], hist: list[tuple[Any, ...]]) -> RecordingSession:
-    d = json.loads(r[8])
+    d = json.loads(r[9])
     s = RecordingSession(
-        session_id=r[0], call_id=r[1], edge=r[2], node=r[3], group=r[4],
-        from_tag=d["from_tag"], to_tag=d["to_tag"], sub_to_tag=d["sub_to_tag"],
-        call=d.get("call") or {}, state=State(r[5]), reason=r[6], srs_index=d["srs_index"],
-        srs_uri=r[7], dialog=RsDialog.from_dict(d["dialog"]) if d.get("dialog") else None,
+        session_id=r[0], call_id=r[1], slot=r[2], edge=r[3], node=r[4], group=r[5],
+        state=State(r[6]), reason=r[7], srs_uri=r[8], sub_to_tag=d["sub_to_tag"],
+        call=d.get("call") or {},
+        dialog=RsDialog.from_dict(d["dialog"]) if d.get("dialog") else None,
+        attempts=[Attempt(*a) for a in d.get("attempts") or []],
         offer_sdp=_unb64(d.get("offer_sdp")), answer_sdp=_unb64(d.get("answer_sdp")),
         metadata=_unb64(d.get("metadata")), participants=d.get("participants") or {},
-        held=list(d.get("held") or []),
-        created=r[9], updated=r[10], established_at=d.get("established_at"), ended_at=r[11])
+        announced_holds=frozenset(d.get("announced_holds") or ()),
+        last_alive=d.get("last_alive"), created=r[10], updated=r[11], established_at=r[12],
+        media_until=r[13], ended_at=r[14])
     s.history = [tuple(h) for h in hist]  # type: ignore[misc]
     return s

@@ -30,7 +30,6 @@ class LabStack:
     """Start with :meth:`start` (or as a context manager); stop with :meth:`stop`."""
 
     def __init__(self, site: Site, workdir: Path, *, srs: Iterable[SrsConfig] = (),
-                 rtpengine_args: Iterable[str] = ("--delete-delay=0",),
                  controller: bool = True) -> None:
         if len(site.edges) != 1:
             raise LabError("the lab stack runs sites with exactly one edge")
@@ -38,7 +37,6 @@ class LabStack:
         self.edge = site.edges[0]
         self.workdir = Path(workdir)
         self.srs_configs = list(srs)
-        self.rtpengine_args = list(rtpengine_args)
         self.with_controller = controller
         self.srs: dict[str, SrsServer] = {}
         self.daemons: list[Rtpengine | Kamailio] = []
@@ -71,8 +69,7 @@ class LabStack:
                 self.daemons.append(Rtpengine(
                     cfgdir / "rtpengine" / n.name / "rtpengine.conf",
                     self.workdir / "logs" / n.name, ng=(n.ng.address, n.ng.port),
-                    overrides=[f"--recording-dir={self.rec_dirs[n.name]}",
-                               *self.rtpengine_args]))
+                    overrides=[f"--recording-dir={self.rec_dirs[n.name]}"]))
             e = self.edge
             self.daemons.append(Kamailio(cfgdir / "kamailio" / e.name / "kamailio.cfg",
                                          self.workdir / "logs" / e.name,

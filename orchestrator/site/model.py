@@ -293,13 +293,27 @@ class SrsServer(Strict):
 
 
 class SrsGroup(Strict):
-    """Recording servers tried in order; the next one on timeout, 4xx-6xx or transport error."""
+    """A session recording group: ``simultaneous`` sessions per call, each on its own SRS
+    chosen by ``strategy``; a session moves to another SRS of the group on timeout, 4xx-6xx,
+    transport error, or when its SRS stops answering probes."""
 
     name: Name
     servers: list[SrsServer] = Field(min_length=1)
-    required: bool = Field(False, description="end the call when no SRS takes the session")
-    timeout: float = Field(5.0, gt=0, le=60, description="seconds to wait for an SRS answer")
+    required: bool | Literal["all"] = Field(
+        False, description="end the call when no session (true) or not every session "
+        "('all') could be established")
+    timeout: float = Field(5.0, gt=0, le=60, description="seconds to wait for an SRS answer "
+                           "(INVITE, and every in-dialog request)")
     no_failover_codes: list[Annotated[int, Field(ge=300, le=699)]] = Field(default_factory=list)
+    simultaneous: int = Field(1, ge=1, le=8, description="recording sessions per call, each "
+                              "on a different SRS")
+    strategy: Literal["hunt", "round-robin", "least-busy"] = Field(
+        "hunt", description="hunt: in order; round-robin: rotate per group; least-busy: the "
+        "SRS with the fewest active sessions of this controller")
+    probe_interval: float = Field(1.0, ge=0, le=60, description="seconds between OPTIONS "
+                                  "probes of each SRS (0: no probes)")
+    probe_failures: int = Field(2, ge=1, le=10, description="unanswered probes in a row "
+                                "before an SRS counts as down")
 
 
 class Recording(Strict):
@@ -323,6 +337,11 @@ class Api(Strict):
 class Controller(Strict):
     api: Api = Field(default_factory=Api)
     store: str = "/var/lib/siprecctl/state.sqlite"
+    max_setup_lag: float = Field(
+        2.0, gt=0, le=60, description="an answered call waiting longer than this for its "
+        "SIPREC set-up is shed (a counted loss) instead of set up late")
+    max_pending: int = Field(5000, ge=10, le=1_000_000, description="answered calls waiting "
+                             "for set-up beyond which new ones are shed")
 
 
 # ---------------------------------------------------------------------------- site
@@ -400,6 +419,14 @@ def _cross_checks(site: Site) -> list[tuple[str, str]]:
     if site.recording.siprec and site.recording.siprec not in groups:
         p.append(("recording.siprec", f"unknown SRS group '{site.recording.siprec}' "
                   f"(defined: {', '.join(sorted(groups)) or 'none'})"))
+    for gi, g in enumerate(site.recording.srs_groups):
+        if g.simultaneous > len(g.servers):
+            p.append((f"recording.srs_groups[{gi}].simultaneous",
+                      f"{g.simultaneous} sessions per call need as many servers "
+                      f"(the group has {len(g.servers)})"))
+        uris = [s.uri for s in g.servers]
+        for u in sorted({u for u in uris if uris.count(u) > 1}):
+            p.append((f"recording.srs_groups[{gi}].servers", f"server {u} listed twice"))
     for ri, r in enumerate(site.recording.rules):
         if r.siprec and r.siprec not in groups:
             p.append((f"recording.rules[{ri}].siprec", f"unknown SRS group '{r.siprec}' "

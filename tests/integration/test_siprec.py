@@ -65,6 +65,7 @@ def _site(work: Path, ports: dict[str, Any]) -> dict[str, Any]:
         }],
         "media": {
             "recording": {"method": "pcap", "dir": str(work / "recordings" / "rtp1")},
+            "delete_delay": 2,
             "nodes": [{"name": "rtp1", "ng": {"address": "127.0.0.1", "port": ports["ng"]},
                        "interfaces": [{"name": "lab", "address": "127.0.0.1"}],
                        "ports": {"port_min": 32000, "port_max": 33999}}],
@@ -174,12 +175,11 @@ def test_recorded_call_reaches_the_srs(stack: LabStack) -> None:
     assert len(per_leg) == 2 and min(per_leg) > 50, per_leg
     for sent, got in zip(per_leg, at_srs, strict=True):
         assert got >= 0.95 * sent, f"SRS got {at_srs} of {per_leg}"
+    # the call and its subscription leave rtpengine after the shipped delete-delay (the
+    # controller never unsubscribes after the edge's delete: that would leak the call)
     with NgClient(("127.0.0.1", stack.site.media.nodes[0].ng.port)) as ng:
-        try:
-            subs = ng.query(call_id).subscribers
-        except NgError:
-            subs = []  # the call is gone from rtpengine, and its subscription with it
-    assert subs == []
+        wait(lambda: call_id not in ng.list_calls(1000), stack.site.media.delete_delay + 3,
+             "rtpengine to free the call")
     final = sessions_of(stack, call_id)
     assert [x["state"] for x in final] == ["closed"]
 
@@ -209,6 +209,12 @@ def test_fifty_calls_half_recorded_each_once(stack: LabStack) -> None:
     new = [s for s in stack.srs["ok"].sessions() if s.call_id not in before]
     assert sorted(s.call_id for s in new) == sorted(s["rs_call_id"] for s in ss)
     assert all(s.bye_from == "src" and not errors(s.metadata_findings) for s in new)
+    # teardown frees everything with the shipped delete-delay (2 s here): a SIPREC call
+    # that was unsubscribed after the edge's delete would stay in rtpengine for good
+    calls = {s["call_id"] for s in ss}
+    with NgClient(("127.0.0.1", stack.site.media.nodes[0].ng.port)) as ng:
+        wait(lambda: not calls & set(ng.list_calls(1000)), stack.site.media.delete_delay + 3,
+             "rtpengine to free every recorded call")
 
 
 def test_hold_and_resume_send_partial_metadata(stack: LabStack) -> None:

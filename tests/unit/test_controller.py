@@ -22,14 +22,10 @@ from orchestrator.controller import (
     bump_version,
     set_direction,
 )
-from orchestrator.controller.dialog import (
-    media_targets,
-    parse_rs_reply,
-    reply_from_event,
-    sip_safe,
-)
+from orchestrator.controller.dialog import media_targets, name_addr, sip_safe
 from orchestrator.errors import EvapiProtocolError, IllegalTransition, SipError
 from orchestrator.kamailio.evapi import NetstringDecoder, decode_event, encode_netstring
+from orchestrator.kamailio.events import RsReply
 
 # ------------------------------------------------------------------------ netstrings
 
@@ -87,10 +83,15 @@ def test_event_must_be_a_json_object(payload: bytes) -> None:
 
 # ------------------------------------------------------------------------ RS dialog
 
-REPLY = ("Via: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bK1\r\nTo: <sip:srs@127.0.0.1:5090>;tag=srs1\r\n"
-         "From: <sip:siprec-src@127.0.0.1>;tag=src9\r\nCSeq: 1 INVITE\r\nCall-ID: siprec-1\r\n"
-         "Contact: <sip:srs@127.0.0.2:5090;transport=tcp>;+sip.srs\r\n"
-         "Content-Type: application/sdp\r\nContent-Length: 4\r\n\r\nv=0\n")
+def _reply(**kw: object) -> RsReply:
+    """A 2xx to the RS INVITE as the edge's reply_route relays it."""
+    doc: dict[str, object] = {
+        "edge": "e", "rs_call_id": "siprec-1", "method": "INVITE", "cseq": 1, "code": 200,
+        "reason": "OK", "to_tag": "srs1", "from_tag": "src9",
+        "contact": "<sip:srs@127.0.0.2:5090;transport=tcp>;+sip.srs",
+        "content_type": "application/sdp", "body": b"v=0\n"}
+    doc.update(kw)
+    return RsReply(**doc)  # type: ignore[arg-type]
 
 
 def _dialog() -> RsDialog:
@@ -112,9 +113,7 @@ def test_dialog_confirm_and_in_dialog_requests() -> None:
     d = _dialog()
     with pytest.raises(SipError, match="not established"):
         d.request("BYE")
-    reply = parse_rs_reply(200, "OK", REPLY)
-    assert reply.body == b"v=0\n" and reply.to_tag == "srs1"
-    d.confirm(reply)
+    d.confirm_from(_reply())
     ruri, hdrs, cseq = d.request("BYE", "application/rs-metadata+xml")
     assert ruri == "sip:srs@127.0.0.2:5090;transport=tcp"  # the SRS's Contact
     assert cseq == 2 and "CSeq: 2 BYE\r\n" in hdrs
@@ -137,33 +136,50 @@ def test_crlf_never_reaches_sip(bad: str) -> None:
         sip_safe(bad, "value")
     d = _dialog()
     with pytest.raises(SipError):
-        d.confirm(reply_from_event({"code": 200, "to_tag": bad, "from_tag": "a"}))
+        d.confirm_from(_reply(to_tag=bad))
 
 
 def test_reply_without_to_tag_is_refused() -> None:
     with pytest.raises(SipError, match="no To tag"):
-        _dialog().confirm(parse_rs_reply(200, "OK", REPLY.replace(";tag=srs1", "")))
+        _dialog().confirm_from(_reply(to_tag=None))
+
+
+@pytest.mark.parametrize(("display", "uri", "out"), [
+    (None, "sip:a@x", "<sip:a@x>"),
+    ("Alice", "sip:a@x", '"Alice" <sip:a@x>'),
+    ('A"B\\C', "sip:a@x", '"A\\"B\\\\C" <sip:a@x>'),  # RFC 3261 §25.1 quoted-pair
+    ("", None, "<sip:unknown@invalid>"),
+])
+def test_name_addr_quotes_the_display_name(display: str | None, uri: str | None,
+                                           out: str) -> None:
+    assert name_addr(display, uri) == out
 
 
 # ------------------------------------------------------------------------ state machine
 
-def _session(state: State = State.NEW) -> RecordingSession:
+def _session(state: State = State.NEW, slot: int = 0) -> RecordingSession:
     return RecordingSession(session_id="s1", call_id="c1", edge="e", node="n", group="g",
-                            from_tag="ft", to_tag="tt", sub_to_tag="srs-1", state=state)
+                            slot=slot, sub_to_tag="srs-1", state=state, created=time.time())
+
+
+SETUP = [Ev.SUBSCRIBE, Ev.SUBSCRIBED, Ev.INVITE]
 
 
 @pytest.mark.parametrize(("events", "final"), [
-    ([Ev.SUBSCRIBED, Ev.INVITE, Ev.ANSWERED, Ev.CALL_ENDED, Ev.DONE], State.CLOSED),
-    ([Ev.SUBSCRIBED, Ev.INVITE, Ev.REJECTED, Ev.INVITE, Ev.ANSWERED], State.ESTABLISHED),
-    ([Ev.SUBSCRIBED, Ev.INVITE, Ev.REJECTED, Ev.EXHAUSTED], State.FAILED),
-    ([Ev.SUBSCRIBED, Ev.INVITE, Ev.ANSWERED, Ev.PAUSE, Ev.UPDATE, Ev.RESUME], State.ESTABLISHED),
-    ([Ev.SUBSCRIBED, Ev.INVITE, Ev.ANSWERED, Ev.SRS_BYE, Ev.DONE], State.CLOSED),
+    ([*SETUP, Ev.ANSWERED, Ev.CALL_ENDED, Ev.DONE], State.CLOSED),
+    ([*SETUP, Ev.REJECTED, Ev.INVITE, Ev.ANSWERED], State.ESTABLISHED),
+    ([*SETUP, Ev.REJECTED, Ev.EXHAUSTED], State.FAILED),
+    ([*SETUP, Ev.ANSWERED, Ev.PAUSE, Ev.UPDATE, Ev.RESUME], State.ESTABLISHED),
+    ([*SETUP, Ev.ANSWERED, Ev.SRS_BYE], State.CLOSED),
+    ([*SETUP, Ev.ANSWERED, Ev.SRS_LOST], State.FAILED),
+    ([*SETUP, Ev.CALL_ENDED], State.CLOSED),
+    ([Ev.SHED], State.FAILED),
     ([Ev.CALL_ENDED], State.CLOSED),
 ])
 def test_transitions(events: list[Ev], final: State) -> None:
     s = _session()
     for e in events:
-        s.handle(e, "x")
+        s.handle(e, "x", 1.0)
     assert s.state is final
     assert [h[3] for h in s.history] == [e.value for e in events]
 
@@ -175,7 +191,7 @@ def test_transitions(events: list[Ev], final: State) -> None:
 def test_illegal_transition_names_role_state_event(state: State, event: Ev) -> None:
     s = _session(state)
     with pytest.raises(IllegalTransition) as exc:
-        s.handle(event)
+        s.handle(event, "", 1.0)
     assert (exc.value.role, exc.value.state, exc.value.event) == (
         "recording session", state.value, event.value)
     assert s.state is state and s.history == []
@@ -188,31 +204,39 @@ def test_every_state_is_in_the_table() -> None:
 
 # ------------------------------------------------------------------------ store
 
-def test_store_roundtrip_and_one_open_session_per_call(tmp_path) -> None:
+def test_store_roundtrip_and_one_open_session_per_slot(tmp_path) -> None:
     store = SessionStore(tmp_path / "s.sqlite")
     s = _session()
-    s.handle(Ev.SUBSCRIBED, "2 streams")
+    s.handle(Ev.SUBSCRIBE, "on n", 1.0)
+    s.handle(Ev.SUBSCRIBED, "2 streams", 2.0)
     s.dialog = _dialog()
     s.offer_sdp, s.metadata = b"v=0\r\n\xff", b"<recording/>"
-    s.held = ["pid-callee"]
+    s.announced_holds = frozenset({"callee"})
+    s.call = {"from": "sip:a@x", "headers": {"X-Customer-Id": "7"}}
     store.save(s)
     again = store.get("s1")
     assert again is not None and again.dialog == s.dialog and again.offer_sdp == s.offer_sdp
-    assert again.held == ["pid-callee"]
-    assert again.state is State.SUBSCRIBED and len(again.history) == 1
+    assert again.announced_holds == {"callee"} and again.call == s.call
+    assert again.state is State.SUBSCRIBED and len(again.history) == 2
+    s.note("operator looked", 3.0)
+    store.save(s)  # only the new history entry is written
+    assert [h[3] for h in store.get("s1").history] == ["subscribe", "subscribed", "note"]  # type: ignore[union-attr]
     assert store.by_rs_call_id("siprec-1") is not None
     dup = _session()
     dup.session_id = "s2"
     with pytest.raises(DuplicateSession):
         store.save(dup)
-    s.handle(Ev.EXHAUSTED, "no SRS")
+    other_slot = _session(slot=1)
+    other_slot.session_id = "s3"
+    store.save(other_slot)  # another slot of the same call may have its own
+    s.handle(Ev.EXHAUSTED, "no SRS", 4.0)
     store.save(s)
     store.save(dup)  # the first is closed: a new one may open
-    assert [x.session_id for x in store.open_sessions()] == ["s2"]
+    assert sorted(x.session_id for x in store.open_sessions()) == ["s2", "s3"]
     store.close()
     reopened = SessionStore(tmp_path / "s.sqlite")
     assert reopened.get("s1").reason == "no SRS"  # type: ignore[union-attr]
-    assert reopened.count_by_state() == {"failed": 1, "new": 1}
+    assert reopened.count_by_state() == {"failed": 1, "new": 2}
 
 
 # ------------------------------------------------------------------------ executor
@@ -263,18 +287,16 @@ def test_session_summary_is_json_friendly() -> None:
     import json
 
     s = _session()
-    s.handle(Ev.SUBSCRIBED)
+    s.handle(Ev.SUBSCRIBE, "", time.time())
     doc = json.loads(json.dumps(s.summary()))
-    assert doc["state"] == "subscribed" and doc["history"][0]["to"] == "subscribed"
+    assert doc["state"] == "subscribing" and doc["history"][0]["to"] == "subscribing"
     assert time.time() - doc["created"] < 60
 
 
 def test_route_set_from_record_route() -> None:
     d = _dialog()
-    reply = parse_rs_reply(200, "OK", REPLY.replace(
-        "Contact:", "Record-Route: <sip:p2.example;lr>, <sip:p1.example;lr>\r\n"
-        "Record-Route: <sip:p0.example;lr>\r\nContact:"))
-    d.confirm(reply)
+    d.confirm_from(_reply(record_route=("<sip:p2.example;lr>, <sip:p1.example;lr>",
+                                        "<sip:p0.example;lr>")))
     # RFC 3261 §12.1.2: reversed, and the first loose router is the next hop
     assert d.route_set == ["sip:p0.example;lr", "sip:p1.example;lr", "sip:p2.example;lr"]
     assert d.nexthop() == "sip:p0.example;lr"
@@ -282,7 +304,7 @@ def test_route_set_from_record_route() -> None:
     assert hdrs.index("Route: <sip:p0.example;lr>") < hdrs.index("Route: <sip:p2.example;lr>")
     assert RsDialog.from_dict(d.to_dict()).route_set == d.route_set
     plain = _dialog()
-    plain.confirm(parse_rs_reply(200, "OK", REPLY))
+    plain.confirm_from(_reply())
     assert plain.route_set == [] and plain.nexthop() == ""
 
 
