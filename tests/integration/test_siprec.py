@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from orchestrator.errors import NgError
 from orchestrator.lab import sipp
 from orchestrator.lab.events import EventReader
 from orchestrator.lab.procs import free_port, free_ports
