@@ -417,7 +417,8 @@ class CallCore:
         self._ev(s, Ev.REJECTED, f"{s.srs_uri}: {outcome}", now)
         self.selector.closed(s.srs_uri)
         if code is not None and code in self.group.no_failover_codes:
-            self._ev(s, Ev.EXHAUSTED, f"{outcome} is a no-failover code", now)
+            self._ev(s, Ev.EXHAUSTED, f"no SRS took the session: {s.srs_uri} answered "
+                     f"{outcome}, a no-failover code", now)
             self._emit(Unsubscribe(s.session_id, self.node, self.call_id, s.sub_to_tag))
             self._exhaust(s.slot, s, f"{s.srs_uri} answered {outcome} (no failover)", now)
             return
@@ -1087,6 +1088,7 @@ class CallCore:
         if s.dialog is not None and s.attempts:
             self._emit(CancelInvite(self.call.edge, s.dialog.call_id, s.dialog.invite_cseq))
             self._orphans[s.attempts[-1].rs_call_id] = s.attempts[-1]
+        s.tx = None
 
     def end_orphaned(self, now: float) -> list[Action]:
         """The call ended while the controller was down: close what the store left open

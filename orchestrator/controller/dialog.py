@@ -180,7 +180,7 @@ def _block(hdrs: list[tuple[str, str]]) -> str:
 
 
 # ------------------------------------------------------------------------------ SDP helpers
-_DIRECTION = re.compile(rb"^a=(sendrecv|sendonly|recvonly|inactive)\r?$", re.M)
+_DIRECTION = re.compile(rb"^a=(sendrecv|sendonly|recvonly|inactive)(?=\r?$)", re.M)
 _ORIGIN = re.compile(rb"^(o=\S+ \S+ )(\d+)( .*)$", re.M)
 
 
