@@ -93,6 +93,7 @@ from .session import Attempt, Ev, RecordingSession, State, Tx
 __all__ = ["CallCore"]
 
 OTHER = {"caller": "callee", "callee": "caller"}
+LATE_SETUP = 1.0  # seconds an answer may wait in the controller's queue before it counts
 _PURPOSE = {"snapshot": "complete snapshot requested by the SRS",
             "update": "metadata update (hold/resume)"}
 
@@ -183,7 +184,8 @@ class CallCore:
         return min(ds) if ds else None
 
     def start(self, now: float, *, lag: float = 0.0, max_lag: float | None = None,
-              ended_at: float | None = None, down_since: float | None = None) -> list[Action]:
+              ended_at: float | None = None, down_since: float | None = None,
+              shed: str | None = None) -> list[Action]:
         """The call was answered: set up what the policy wants, unless the call already
         ended (``ended_at``: the edge's time of its end) or its answer waited ``lag`` >
         ``max_lag`` seconds in the controller's queue (shed). ``down_since``: the call was
@@ -192,16 +194,13 @@ class CallCore:
         self._emit(PersistCall(self.record))
         if self.group is None:
             return self._flush()
-        if down_since is not None:
-            for i in range(len(self.slots)):
-                self._open_gap(i, down_since, "controller_down",
-                               "answered while the controller was down")
-        if ended_at is not None or (max_lag is not None and lag > max_lag):
+        if max_lag is not None and lag > max_lag and shed is None:
+            shed = (f"controller overloaded: the answer waited {lag:.2f} s "
+                    f"(max_setup_lag {max_lag:g} s)")
+        if ended_at is not None or shed is not None:
             reason = "ended_before_setup" if ended_at is not None else "shed"
             detail = ("the call ended before its recording could be set up"
-                      if ended_at is not None else
-                      f"controller overloaded: the answer waited {lag:.2f} s "
-                      f"(max_setup_lag {max_lag:g} s)")
+                      if ended_at is not None else str(shed))
             for i, slot in enumerate(self.slots):
                 s = self._new_session(i, now)
                 self._ev(s, Ev.SHED, detail, now)
@@ -210,6 +209,14 @@ class CallCore:
             if ended_at is not None:
                 self._call_ended(CallEnded(self.call.edge, self.call_id, ended_at), now)
             return self._flush()
+        if down_since is not None:
+            for i in range(len(self.slots)):
+                self._open_gap(i, down_since, "controller_down",
+                               "answered while the controller was down")
+        elif lag > LATE_SETUP:  # set up late rather than never; the late part is a loss
+            for i in range(len(self.slots)):
+                self._open_gap(i, self.record.answered_at, "setup_late",
+                               f"the answer waited {lag:.2f} s in the controller's queue")
         self._settle(now)
         return self._flush()
 

@@ -58,7 +58,8 @@ class Metrics:
                                  registry=r)
         self.queue_lag = Histogram(
             "siprecctl_event_lag_seconds",
-            "From an event's arrival to the core acting on it", buckets=_LAG_BUCKETS,
+            "From an event (the edge's timestamp) to the core acting on it",
+            buckets=_LAG_BUCKETS,
             registry=r)
         self.events_total = Counter("siprecctl_misc_total", "Other controller events",
                                     ["kind"], registry=r)

@@ -155,8 +155,9 @@ class SrsProber:
                 t.up = False
                 return [(uri, False, t.last_ok)]
             return []
+        first = t.last_ok is None
         t.misses, t.last_ok = 0, now
-        if not t.up:
+        if not t.up or first:  # the first answer is news too (metrics start knowing)
             t.up = True
             return [(uri, True, now)]
         return []

@@ -165,6 +165,7 @@ class Controller:
         self._retired: dict[str, float] = {}  # call-id -> when its finished core goes
         self._ended_seen: dict[str, float] = {}  # call-id -> edge's end time (reader side)
         self._pending_answered = 0
+        self._pending_lock = threading.Lock()
         self._inputs: deque[tuple[Any, ...]] = deque()
         self._cv = threading.Condition()
         self._deadlines: list[tuple[float, str]] = []
@@ -262,8 +263,9 @@ class Controller:
             self._ended_seen[ev.call_id] = ev.ts or time.time()
         shed = False
         if isinstance(ev, CallAnswered):
-            self._pending_answered += 1
-            shed = self._pending_answered > self.site.controller.max_pending
+            with self._pending_lock:  # one reader thread per edge
+                self._pending_answered += 1
+                shed = self._pending_answered > self.site.controller.max_pending
         self._put(("event", ev, time.monotonic(), shed))
 
     def _feed(self, call_id: str, inp: Input) -> None:
@@ -298,8 +300,13 @@ class Controller:
         kind = item[0]
         if kind == "event":
             ev, arrived, shed = item[1], item[2], item[3]
-            self.metrics.queue_lag.observe(time.monotonic() - arrived)
-            return self._on_edge_event(ev, now, time.monotonic() - arrived, shed)
+            # from the edge's own clock when it has one: a controller that stalled (GC,
+            # CPU starvation, SIGSTOP) also stalled its reader, so the queue alone lies
+            lag = time.monotonic() - arrived
+            if ev.ts and 0 < now - ev.ts < 3600:
+                lag = max(lag, now - ev.ts)
+            self.metrics.queue_lag.observe(lag)
+            return self._on_edge_event(ev, now, lag, shed)
         if kind == "input":
             call_id, inp = item[1], item[2]
             core = self.cores.get(call_id)
@@ -330,8 +337,11 @@ class Controller:
     def _on_edge_event(self, ev: EdgeEvent, now: float, lag: float,
                        shed: bool) -> list[tuple[str, Action]]:
         if isinstance(ev, CallAnswered):
-            self._pending_answered -= 1
-            return self._answered(ev, now, lag=float("inf") if shed else lag)
+            with self._pending_lock:
+                self._pending_answered -= 1
+            return self._answered(ev, now, lag=lag, shed=(
+                f"controller overloaded: more than {self.site.controller.max_pending} "
+                "answered calls waiting" if shed else None))
         if isinstance(ev, CallReinvite | CallEnded):
             core = self.cores.get(ev.call_id)
             return self._run_core(core, ev, now) if core is not None else []
@@ -348,7 +358,8 @@ class Controller:
         return []
 
     def _answered(self, ev: CallAnswered, now: float, *, lag: float = 0.0,
-                  down_since: float | None = None) -> list[tuple[str, Action]]:
+                  down_since: float | None = None,
+                  shed: str | None = None) -> list[tuple[str, Action]]:
         if ev.call_id in self.cores:
             return []  # seen already (e.g. by a reconcile)
         group = self.groups.get(ev.siprec) if ev.siprec else None
@@ -370,7 +381,7 @@ class Controller:
         ended = self._ended_seen.get(ev.call_id)
         return self._run_core(core, Tick(), now, start=lambda: core.start(
             now, lag=lag, max_lag=self.site.controller.max_setup_lag, ended_at=ended,
-            down_since=down_since))
+            down_since=down_since, shed=shed))
 
     def _node_for(self, ev: CallAnswered) -> str | None:
         node = self._node_by_url.get(ev.rtpengine or "")
@@ -439,7 +450,7 @@ class Controller:
             h.up, h.last_ok = up, last_ok
             self.metrics.srs_up.labels(uri).set(1 if up else 0)
             if up:
-                log.info("SRS %s answers probes again", uri)
+                log.info("SRS %s answers probes", uri)
                 continue
             log.error("SRS %s is down (probes unanswered; last answer %s)", uri,
                       time.strftime("%H:%M:%S", time.localtime(last_ok)) if last_ok else "never")

@@ -113,8 +113,21 @@ def _unb64(s: Any) -> bytes:
 class SessionStore:
     """Thread-safe SQLite store (WAL); ``":memory:"`` for tests."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
         self.path = str(path)
+        self._lock = threading.Lock()
+        self._history_saved: dict[str, int] = {}
+        if readonly:  # e.g. an audit while the controller runs; never creates anything
+            if not Path(self.path).is_file():
+                raise ControllerError(f"state store {self.path}: no such file")
+            try:
+                self._db = sqlite3.connect(f"file:{Path(self.path).resolve()}?mode=ro",
+                                           uri=True, check_same_thread=False,
+                                           isolation_level=None)
+                self._db.execute("SELECT count(*) FROM sessions")
+            except sqlite3.Error as exc:
+                raise ControllerError(f"state store {self.path}: {exc}") from exc
+            return
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -131,8 +144,6 @@ class SessionStore:
                              (str(SCHEMA_VERSION),))
         except sqlite3.Error as exc:
             raise ControllerError(f"state store {self.path}: {exc}") from exc
-        self._lock = threading.Lock()
-        self._history_saved: dict[str, int] = {}
 
     def close(self) -> None:
         with self._lock:

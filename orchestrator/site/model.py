@@ -337,9 +337,10 @@ class Api(Strict):
 class Controller(Strict):
     api: Api = Field(default_factory=Api)
     store: str = "/var/lib/siprecctl/state.sqlite"
-    max_setup_lag: float = Field(
-        2.0, gt=0, le=60, description="an answered call waiting longer than this for its "
-        "SIPREC set-up is shed (a counted loss) instead of set up late")
+    max_setup_lag: float | None = Field(
+        None, gt=0, le=60, description="shed (a counted loss) the set-up of an answered call "
+        "that waited longer than this in the controller's queue; unset: set it up late and "
+        "count the late part")
     max_pending: int = Field(5000, ge=10, le=1_000_000, description="answered calls waiting "
                              "for set-up beyond which new ones are shed")
 

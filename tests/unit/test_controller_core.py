@@ -485,7 +485,7 @@ def test_prober_marks_down_after_misses_and_up_on_an_answer() -> None:
     p = SrsProber([group(1, probe_interval=1.0, probe_failures=2)])
     (uri, transport, cid), = p.to_send(0.0)
     assert uri == SRS[0] and transport == "udp" and p.owns(cid)
-    assert p.reply(cid, 200, 0.01) == []
+    assert p.reply(cid, 200, 0.01) == [(SRS[0], True, 0.01)]  # the first answer is news
     changes = []
     for t in (1.0, 2.0, 3.0):  # the SRS dies: nothing answers any more
         changes += p.due(t)
@@ -496,3 +496,12 @@ def test_prober_marks_down_after_misses_and_up_on_an_answer() -> None:
     (_, _, cid), = p.to_send(5.0)
     assert p.reply(cid, 200, 5.1) == [(SRS[0], True, 5.1)]
     assert SrsProber([group(1, probe_interval=0)]).to_send(0.0) == []
+
+
+def test_late_set_up_records_the_rest_of_the_call_and_counts_the_late_part() -> None:
+    h = Harness()
+    acts = h.start(lag=3.0)  # the controller stalled: no max_setup_lag, so set up late
+    h.now = T0 + 3.2
+    h.answer(h.last(SendInvite, h.subscribed(acts)))
+    assert h.session().state is State.ESTABLISHED
+    assert h.losses() == [("setup_late", pytest.approx(3.22, abs=0.01))]
