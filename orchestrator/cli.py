@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "metadata": ("orchestrator.commands.metadata", "validate or build RFC 7865 metadata"),
     "recordings": ("orchestrator.commands.recordings", "collect and audit rtpengine recordings"),
     "serve": ("orchestrator.commands.serve", "run the recording controller"),
+    "losses": ("orchestrator.commands.losses", "recordings the policy wanted and did not get"),
     "srs": ("orchestrator.commands.srs", "run the reference SIPREC recording server"),
     "lab": ("orchestrator.commands.lab", "bring the lab up, place calls, report"),
 }

@@ -11,6 +11,7 @@ configs (only addresses, ports and directories changed).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -218,6 +219,16 @@ def test_call_ending_while_its_srs_is_dead_counts_the_unanswered_bye(
     assert m.get('siprecctl_recording_losses_total{reason="bye_failed"}', 0) >= 1
     (s,) = sessions_of(stack, call.call_id)
     assert s["state"] == "closed" and any(h["event"] == "loss" for h in s["history"])
+    # operators see it with `siprecctl losses` (read-only on the running controller's store)
+    out = subprocess.run([sys.executable, "-m", "orchestrator.cli", "losses", "--store",
+                          str(stack.store), "--call", call.call_id, "--json"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert [r["reason"] for r in json.loads(out.stdout)] == ["bye_failed"]
+    out = subprocess.run([sys.executable, "-m", "orchestrator.cli", "losses", "--store",
+                          str(stack.store), "--summary"], capture_output=True, text=True,
+                         timeout=30)
+    assert out.returncode == 0 and "bye_failed" in out.stdout, out.stderr
 
 
 def test_stalled_controller_never_sets_up_an_ended_call(
