@@ -158,6 +158,7 @@ class Controller:
         self.groups = {g.name: g for g in site.recording.srs_groups}
         self.selector = SrsSelector(self.groups)
         self.prober = SrsProber(self.groups.values())
+        self.groups_uris = sorted({s.uri for g in self.groups.values() for s in g.servers})
         self.op_timeout = op_timeout
         self._node_by_url = {f"udp:{n.ng.address}:{n.ng.port}": n.name for n in site.media.nodes}
         self.cores: dict[str, CallCore] = {}
@@ -295,6 +296,8 @@ class Controller:
             self._sweep(now)
             if actions:
                 self._carry_out(actions)
+                for uri in self.groups_uris:
+                    self.metrics.sessions_per_srs.labels(uri).set(self.selector.busy[uri])
 
     def _dispatch(self, item: tuple[Any, ...], now: float) -> list[tuple[str, Action]]:
         kind = item[0]
