@@ -128,21 +128,24 @@ def test_check_recording_names_every_problem() -> None:
     with pytest.raises(MetadataError) as exc:
         build_metadata(rec)
     msg = str(exc.value)
-    assert "stream_id 'no-pe!' is not base64Binary" in msg
-    assert "label '1' used by two streams" in msg
-    assert "aor 'bob@example.com' is not a sip:, sips: or tel: URI" in msg
-    assert "session_id 'xxxx' names no session" in msg
+    # errors only, each with its rule id and the line of the document the builder made
+    assert "R15 line 8: stream stream_id 'no-pe!' is not base64Binary" in msg
+    assert "R18 line 11: label '1' is used by streams no-pe! and " in msg
+    assert "R17 line 11: stream " in msg and "session_id xxxx names no <session>" in msg
+    assert "bob@example.com" not in msg  # a bare aor is a warning (R19), not refused
 
 
 def test_check_recording_time_order() -> None:
     g = Group(new_id(), associate_time=T0, disassociate_time=T0 - timedelta(seconds=1))
-    with pytest.raises(MetadataError, match="disassociate-time 2024-05-01T09:59:59Z is before"):
+    with pytest.raises(MetadataError, match="R21 line 4: group .*: disassociate-time "
+                                            "2024-05-01T09:59:59Z is before"):
         build_metadata(Recording(groups=(g,)))
 
 
 def test_extension_in_recording_namespace_is_refused() -> None:
     rec = Recording(extensions=(Extension("urn:ietf:params:xml:ns:recording:1", "x"),))
-    with pytest.raises(MetadataError, match="must be in a foreign namespace"):
+    with pytest.raises(MetadataError, match="R25 line 4: <x> is not an RFC 7865 element; "
+                                            "extensions must be in a foreign namespace"):
         build_metadata(rec)
 
 
@@ -160,10 +163,12 @@ def test_partial_updates_validate_in_sequence() -> None:
     caller, callee = (p.participant_id for p in rec.participants)
     v = RecordingSessionValidator()
     assert problems(v.validate(build_metadata(rec))) == []
-    hold = hold_update(rec, callee)
+    hold = hold_update(rec, callee, T0 + timedelta(seconds=20))
     assert hold.datamode is DataMode.PARTIAL and hold.participant_stream_assocs[0].send == ()
+    assert hold.participant_stream_assocs[0].associate_time == T0 + timedelta(seconds=20)
     assert [f.rule for f in v.validate(build_metadata(hold))] == ["R28"]
-    assert v.validate(build_metadata(resume_update(rec, callee))) == []
+    assert v.validate(build_metadata(resume_update(rec, callee, T0 + timedelta(seconds=40)))) \
+        == []
     carol = Participant(new_id(), (NameID("sip:carol@chicago.example.com", "Carol"),))
     assert not has_errors(v.validate(build_metadata(
         transfer_update(rec, callee, carol, T0 + timedelta(minutes=1)))))

@@ -68,7 +68,9 @@ def test_table_output(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_build_yaml_gives_valid_document(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     desc = tmp_path / "call.yaml"
-    desc.write_text("start_time: 2024-05-01T10:00:00+02:00\nparticipants:\n"
+    desc.write_text("start_time: 2024-05-01T10:00:00+02:00\n"
+                    "sip_session_id: ab30317f1a784dc48ff824d0d3715d86;"
+                    "remote=47755a9de7794ba387653f2099600ef2\nparticipants:\n"
                     "  - header: '\"Alice & <Co>\" <sip:alice@atlanta.example.com>;tag=1'\n"
                     "    lang: en\n    send: ['1']\n"
                     "  - aor: 'tel:+14155550100'\n    name: Bob\n    lang: en\n    send: ['2']\n")
