@@ -171,7 +171,7 @@ def _serialize(rec: Recording) -> bytes:
             nel.set("aor", xml_text(n.aor))
             if n.name is not None:
                 name = _sub(nel, "name", n.name)
-                if n.lang:
+                if n.lang is not None:
                     name.set(f"{{{XML_NS}}}lang", n.lang)
         _extensions(el, p.extensions)
     for st in rec.streams:

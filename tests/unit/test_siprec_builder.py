@@ -17,9 +17,11 @@ from orchestrator.siprec import (
     Extension,
     Group,
     NameID,
+    Param,
     Participant,
     ParticipantSessionAssoc,
     ParticipantStreamAssoc,
+    Reason,
     Recording,
     Session,
     SessionRecordingAssoc,
@@ -40,6 +42,7 @@ from orchestrator.siprec import (
     validate_metadata,
 )
 from orchestrator.siprec.model import id_bytes
+from orchestrator.siprec.xsd import schema_valid
 
 T0 = datetime(2024, 5, 1, 10, 0, tzinfo=UTC)
 REPLY = {"media-labels": {"1": {"tag": "ft1", "type": "audio", "label": "caller"},
@@ -284,13 +287,16 @@ def recordings(draw: st.DrawFn) -> Recording:
     group = Group(draw(_ID), draw(st.none() | _TIME))
     start = draw(_TIME)
     session = Session(draw(_ID), sip_session_ids=draw(st.lists(_TEXT, max_size=2)),
+                      reasons=tuple(Reason(c, t) for c, t in draw(st.lists(st.tuples(
+                          st.integers(-32768, 32767), _TEXT), max_size=2))),
                       group_ref=group.group_id, start_time=start,
                       stop_time=draw(st.none() | st.just(start + timedelta(seconds=30))))
     participants = tuple(
         Participant(draw(_ID), (NameID("sip:" + draw(st.from_regex(r"[a-z0-9]{1,8}@[a-z]{1,8}\.example",
                                                                    fullmatch=True)),
                                        draw(st.none() | _TEXT),
-                                       draw(st.none() | st.sampled_from(["en", "it", "de-CH"]))),))
+                                       draw(st.none() | st.sampled_from(["en", "it", "de-CH",
+                                                                         ""]))),))
         for _ in range(draw(st.integers(1, 3))))
     labels = draw(st.lists(_LABEL, min_size=1, max_size=5, unique=True))
     streams = tuple(Stream(draw(_ID), session.session_id, lb) for lb in labels)
@@ -305,8 +311,10 @@ def recordings(draw: st.DrawFn) -> Recording:
     return Recording(
         groups=(group,), sessions=(session,), participants=participants, streams=streams,
         session_recording_assocs=(SessionRecordingAssoc(session.session_id, start),),
-        participant_session_assocs=tuple(ParticipantSessionAssoc(p.participant_id,
-                                                                 session.session_id, start)
+        participant_session_assocs=tuple(ParticipantSessionAssoc(
+            p.participant_id, session.session_id, start,
+            params=tuple(Param(n, v) for n, v in draw(st.lists(st.tuples(_TEXT, _TEXT),
+                                                               max_size=2))))
                                          for p in participants),
         participant_stream_assocs=tuple(psts), extensions=draw(st.sampled_from([(), (ext,)])))
 
@@ -317,6 +325,7 @@ def test_any_accepted_model_validates_without_errors(rec: Recording) -> None:
     xml = build_metadata(rec)
     findings = validate_metadata(xml, sdp="".join(f"a=label:{s.label}\r\n" for s in rec.streams))
     assert not has_errors(findings), findings
+    assert schema_valid(etree.fromstring(xml))  # never a document RFC 7865 §9 rejects
     back = parse_metadata(xml)
     assert [s.label for s in back.streams] == [s.label for s in rec.streams]
     assert [p.participant_id for p in back.participants] == [p.participant_id
