@@ -107,8 +107,9 @@ def split_body(msg: SipMessage, source: str | None) -> Body:
     out: list[Finding] = []
     ctype = msg.header("content-type")
     if not msg.body.strip():
-        out.append(Finding("R03", INFO, msg.body_line,
-                           "no body: the request carries neither SDP nor metadata", source))
+        if msg.method != "BYE":  # a BYE without a body is what RFC 7866 expects
+            out.append(Finding("R03", INFO, msg.body_line,
+                               "no body: the request carries neither SDP nor metadata", source))
         return Body(out)
     if ctype is None:
         out.append(Finding("R03", E, None, "body without a Content-Type header", source))
@@ -130,7 +131,9 @@ def split_body(msg: SipMessage, source: str | None) -> Body:
         cd = msg.header("content-disposition")
         disposition = cd.split(";")[0].strip().lower() if cd else None
         if disposition != "recording-session":
-            out.append(Finding("R05", E, msg.line_of("content-type"),
+            # a warning: the type alone tells a bare body is metadata (in a multipart body
+            # the disposition is what marks the metadata part: an error there)
+            out.append(Finding("R05", W, msg.line_of("content-type"),
                                f"{msg.method or 'message'} body {mime} has "
                                + ("no Content-Disposition" if cd is None
                                   else f"Content-Disposition {disposition}")
