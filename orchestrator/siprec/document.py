@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from operator import itemgetter
 from typing import Any
 
 from lxml import etree
@@ -77,25 +78,24 @@ class StreamAssoc(Assoc):
         self.recv: list[tuple[str, int | None]] = [] if recv is None else recv
 
 
-@dataclass(slots=True)
-class StreamDecl:
-    labels: list[str]
-    session: str | None
-    line: int | None
+class StreamDecl(tuple[list[str], str | None, int | None]):
+    """A ``<stream>``: its labels, its session_id and its line. A tuple built with the C
+    constructor (``StreamDecl((labels, session, line))``): the fast path makes one per
+    stream."""
+
+    __slots__ = ()
+    labels = property(itemgetter(0), doc="the <label> values (one in a valid snapshot)")
+    session = property(itemgetter(1), doc="session_id, if given")
+    line = property(itemgetter(2), doc="line of the <stream> element")
 
     @property
     def label(self) -> str | None:
-        return self.labels[0] if len(self.labels) == 1 else None
+        labels = self[0]
+        return labels[0] if len(labels) == 1 else None
 
 
-@dataclass(slots=True)
-class NameDecl:
-    """One ``<nameID>``: its aor and whether its ``<name>`` has ``xml:lang``."""
-
-    participant: str | None
-    aor: str | None
-    line: int | None
-    name_line: int | None = None  # line of a <name> without xml:lang
+#: One ``<nameID>``: its aor, its line, and the line of a ``<name>`` without ``xml:lang``.
+NameDecl = tuple[str | None, int | None, int | None]
 
 
 class Doc:
@@ -144,9 +144,9 @@ class Doc:
         self.participants.update(doc.participants)
         for sid, st in doc.streams.items():
             old = self.streams.get(sid)
-            self.streams[sid] = StreamDecl(st.labels or (old.labels if old else []),
-                                           st.session or (old.session if old else None),
-                                           st.line)
+            self.streams[sid] = StreamDecl((st.labels or (old.labels if old else []),
+                                            st.session or (old.session if old else None),
+                                            st.line))
         for pid, pst in doc.psts.items():
             old_pst = self.psts.get(pid)
             self.psts[pid] = StreamAssoc(
@@ -187,7 +187,8 @@ _TIME_NAMES = {
                  "participantstreamassoc")}
 
 
-def _times(doc: Doc, el: etree._Element, kind: str, a: Assoc, extra: str | None = None) -> None:
+def _times(doc: Doc, el: etree._Element, kind: str, a: Assoc, full: bool,
+           extra: str | None = None) -> None:
     """Collect associate-time/disassociate-time children (and report others as foreign,
     except ``extra``, an element the schema allows here)."""
     names = _TIME_NAMES[kind]
@@ -195,29 +196,48 @@ def _times(doc: Doc, el: etree._Element, kind: str, a: Assoc, extra: str | None 
         tag = c.tag
         if tag == _ASSOC_T:
             a.assoc = text = c.text
-            doc.times.append((names[0], text, c.sourceline))
+            if full:
+                doc.times.append((names[0], text, c.sourceline))
         elif tag == _DISASSOC_T:
             a.disassoc = text = c.text
-            doc.times.append((names[1], text, c.sourceline))
+            if full:
+                doc.times.append((names[1], text, c.sourceline))
         elif tag != extra:
             _foreign(doc, c, kind)
 
 
-def collect(root: etree._Element, schema_ok: bool, sdp_labels: list[str] | None) -> Doc:
-    """The objects of a ``<recording>``. With ``schema_ok`` the fast path also decides
-    :attr:`Doc.clean` (complete snapshots only; a partial update is never 'clean')."""
+def collect(root: etree._Element, schema_ok: bool, sdp_labels: list[str] | None, *,
+            fast: bool = True) -> Doc:
+    """The objects of a ``<recording>``. For a schema-valid document the fast path goes
+    first: it collects only what deciding :attr:`Doc.clean` needs (complete snapshots only;
+    a partial update is never clean) and, if the document is not clean, the walk is made
+    again keeping everything the rules report from (IDs, times, names with their lines).
+    ``fast=False`` always makes the full walk (the property test compares the two)."""
+    if schema_ok and fast:
+        doc = _collect(root, True, sdp_labels, full=False)
+        if doc.clean:
+            return doc
+    return _collect(root, False, sdp_labels, full=True)
+
+
+def _collect(root: etree._Element, clean: bool, sdp_labels: list[str] | None,
+             full: bool) -> Doc:
     doc = Doc(root.sourceline)
-    ids, times, loose = doc.ids, doc.times, doc.loose
+    known: set[str | None] = set()  # every declared ID, for uniqueness on the fast path
+    ids, times, loose, names = doc.ids, doc.times, doc.loose, doc.names
     streams, psts, psas, sras = doc.streams, doc.psts, doc.psas, doc.sras
     b64 = B64_16.fullmatch
-    clean = schema_ok
     for el in root:
         tag = el.tag
         if tag == _STREAM:
             line = el.sourceline
             sid = el.get("stream_id")
             session = el.get("session_id")
-            ids.append(("stream", "stream_id", sid, line))
+            if full:
+                ids.append(("stream", "stream_id", sid, line))
+            elif sid in known:
+                clean = False
+            known.add(sid)
             labels: list[str] = []
             for c in el:
                 if c.tag == _LABEL:
@@ -225,12 +245,13 @@ def collect(root: etree._Element, schema_ok: bool, sdp_labels: list[str] | None)
                 else:
                     _foreign(doc, c, "stream")
             if sid is not None:
-                streams[sid] = StreamDecl(labels, session, line)
+                streams[sid] = StreamDecl((labels, session, line))
             elif session is not None:
                 loose.append(("stream session_id", session, line))
             # the schema puts sessions before streams, so a known session is a checked ID
             if clean and (sid is None or not b64(sid) or session not in doc.sessions
-                          or len(labels) != 1 or not _token(labels[0])):
+                          or len(labels) != 1 or not (labels[0].isdigit() and labels[0].isascii()
+                                                      or _token(labels[0]))):
                 clean = False
         elif tag == _PST:
             line = el.sourceline
@@ -239,17 +260,22 @@ def collect(root: etree._Element, schema_ok: bool, sdp_labels: list[str] | None)
             send, recv = sa.send, sa.recv
             for c in el:
                 ctag = c.tag
+                # the fast walk keeps the text as it is: one with spaces names no stream, so
+                # the document is not clean and the full walk (which strips) runs
                 if ctag == _SEND:
-                    send.append(((c.text or "").strip(), c.sourceline))
+                    send.append(((c.text or "").strip() if full else c.text, c.sourceline))
                 elif ctag == _RECV:
-                    recv.append(((c.text or "").strip(), c.sourceline))
+                    recv.append(((c.text or "").strip() if full else c.text, c.sourceline))
                 elif ctag == _ASSOC_T:
                     sa.assoc = text = c.text
-                    times.append(("participantstreamassoc associate-time", text, c.sourceline))
+                    if full:
+                        times.append(("participantstreamassoc associate-time", text,
+                                      c.sourceline))
                 elif ctag == _DISASSOC_T:
                     sa.disassoc = text = c.text
-                    times.append(("participantstreamassoc disassociate-time", text,
-                                  c.sourceline))
+                    if full:
+                        times.append(("participantstreamassoc disassociate-time", text,
+                                      c.sourceline))
                 else:
                     _foreign(doc, c, "participantstreamassoc")
             if pid is None:
@@ -267,18 +293,23 @@ def collect(root: etree._Element, schema_ok: bool, sdp_labels: list[str] | None)
         elif tag == _PARTICIPANT:
             line = el.sourceline
             pid = el.get("participant_id")
-            ids.append(("participant", "participant_id", pid, line))
+            if full:
+                ids.append(("participant", "participant_id", pid, line))
+            elif pid in known:
+                clean = False
+            known.add(pid)
             if pid is not None:
                 doc.participants.setdefault(pid, line)
             for c in el:
                 if c.tag == _NAMEID:
                     aor = c.get("aor")
-                    nd = NameDecl(pid, aor, c.sourceline)
+                    no_lang = None
                     for name in c:
                         if name.tag == _NAME and name.get(_LANG) is None:
-                            nd.name_line = name.sourceline
-                    doc.names.append(nd)
-                    if clean and (nd.name_line is not None or aor is None
+                            no_lang = name.sourceline
+                    if full:
+                        names.append((aor, c.sourceline, no_lang))
+                    if clean and (no_lang is not None or aor is None
                                   or not AOR_OK.fullmatch(aor)):
                         clean = False
                 else:
@@ -288,7 +319,7 @@ def collect(root: etree._Element, schema_ok: bool, sdp_labels: list[str] | None)
         elif tag == _PSA:
             line = el.sourceline
             a = Assoc(line)
-            _times(doc, el, "participantsessionassoc", a, _PARAM)
+            _times(doc, el, "participantsessionassoc", a, full, _PARAM)
             pid = el.get("participant_id")
             sid = el.get("session_id")
             if pid is None or sid is None:
@@ -309,7 +340,7 @@ def collect(root: etree._Element, schema_ok: bool, sdp_labels: list[str] | None)
         elif tag == _SRA:
             line = el.sourceline
             a = Assoc(line)
-            _times(doc, el, "sessionrecordingassoc", a)
+            _times(doc, el, "sessionrecordingassoc", a, full)
             sid = el.get("session_id")
             if sid is None:
                 doc.missing.append(("sessionrecordingassoc", "session_id", line))
@@ -324,13 +355,23 @@ def collect(root: etree._Element, schema_ok: bool, sdp_labels: list[str] | None)
         elif tag == _SESSION:
             line = el.sourceline
             sid = el.get("session_id")
-            ids.append(("session", "session_id", sid, line))
+            if full:
+                ids.append(("session", "session_id", sid, line))
+            elif sid in known:
+                clean = False
+            known.add(sid)
             a = Assoc(line)
             sip_ids: list[tuple[str, int | None]] = []
+            has_sip_id = False
             for c in el:
                 ctag = c.tag
                 if ctag == _SIPSESSIONID:
-                    sip_ids.append(((c.text or "").strip(), c.sourceline))
+                    text = (c.text or "").strip()
+                    if full:
+                        sip_ids.append((text, c.sourceline))
+                    elif not SESSION_ID.fullmatch(text):
+                        clean = False
+                    has_sip_id = True
                 elif ctag == _GROUPREF:
                     ref = (c.text or "").strip()
                     if sid is None:
@@ -339,25 +380,31 @@ def collect(root: etree._Element, schema_ok: bool, sdp_labels: list[str] | None)
                         doc.group_refs.append((sid, ref, c.sourceline))
                 elif ctag == _START_T:
                     a.assoc = text = c.text
-                    times.append(("session start-time", text, c.sourceline))
+                    if full:
+                        times.append(("session start-time", text, c.sourceline))
                 elif ctag == _STOP_T:
                     a.disassoc = text = c.text
-                    times.append(("session stop-time", text, c.sourceline))
+                    if full:
+                        times.append(("session stop-time", text, c.sourceline))
                 elif ctag != _REASON:
                     _foreign(doc, c, "session")
             if sid is not None:
                 doc.sessions.setdefault(sid, a)
-                doc.session_ids.setdefault(sid, []).extend(sip_ids)
-            if clean and (sid is None or not b64(sid) or not sip_ids or not zoned(a.assoc)
-                          or a.disassoc is not None and not zoned(a.disassoc)
-                          or not all(SESSION_ID.fullmatch(t) for t, _ in sip_ids)):
+                if full:
+                    doc.session_ids.setdefault(sid, []).extend(sip_ids)
+            if clean and (sid is None or not b64(sid) or not has_sip_id or not zoned(a.assoc)
+                          or a.disassoc is not None and not zoned(a.disassoc)):
                 clean = False
         elif tag == _GROUP:
             line = el.sourceline
             gid = el.get("group_id")
-            ids.append(("group", "group_id", gid, line))
+            if full:
+                ids.append(("group", "group_id", gid, line))
+            elif gid in known:
+                clean = False
+            known.add(gid)
             a = Assoc(line)
-            _times(doc, el, "group", a)
+            _times(doc, el, "group", a, full)
             if gid is not None:
                 doc.groups.setdefault(gid, a)
             if clean and (gid is None or not b64(gid) or not zoned(a.assoc)
@@ -388,9 +435,6 @@ def _clean_complete(doc: Doc, sdp: list[str] | None) -> bool:
     than one element (uniqueness, references, labels, completeness, time order) passes."""
     if doc.repeated or doc.foreign or doc.root_attributes or doc.datamode is not None \
             or doc.loose or doc.missing:
-        return False
-    values = [v for _k, _a, v, _l in doc.ids]
-    if len(set(values)) != len(values):  # R16: unique per type and across types
         return False
     groups, sessions, participants, streams = doc.groups, doc.sessions, doc.participants, \
         doc.streams

@@ -30,7 +30,7 @@ from .parse import parse_datetime
 from .rules import Severity
 from .xsd import KNOWN_ELEMENTS
 
-__all__ = ["RULE_FUNCTIONS", "Context", "Raw", "check", "run_rules"]
+__all__ = ["RULE_FUNCTIONS", "Context", "Raw", "apply", "check", "line_key", "run_rules"]
 
 E, W, INFO = Severity.ERROR, Severity.WARNING, Severity.INFO
 Raw = tuple[str, Severity, "int | None", str]
@@ -170,18 +170,17 @@ def r21_time_order(doc: Doc, ctx: Context, out: _Out) -> None:
 
 def r19_aor(doc: Doc, ctx: Context, out: _Out) -> None:
     """R19: nameID aor is a sip:, sips: or tel: URI; a name says its language."""
-    for nd in doc.names:
-        aor = nd.aor
+    for aor, line, no_lang in doc.names:
         if aor is not None and not AOR_OK.fullmatch(aor):
             if _BARE_AOR.fullmatch(aor):
-                out.add("R19", INFO if ctx.lenient else W, nd.line,
+                out.add("R19", INFO if ctx.lenient else W, line,
                         f"aor {aor!r} has no URI scheme; write sip:{aor}")
             elif _URI.fullmatch(aor):
-                out.add("R19", W, nd.line, f"aor {aor!r} is not a sip:, sips: or tel: URI")
+                out.add("R19", W, line, f"aor {aor!r} is not a sip:, sips: or tel: URI")
             else:
-                out.add("R19", E, nd.line, f"aor {aor!r} is not a URI")
-        if nd.name_line is not None:
-            out.add("R19", INFO, nd.name_line, "name has no xml:lang")
+                out.add("R19", E, line, f"aor {aor!r} is not a URI")
+        if no_lang is not None:
+            out.add("R19", INFO, no_lang, "name has no xml:lang")
 
 
 def r24_sip_session_id(doc: Doc, ctx: Context, out: _Out) -> None:
@@ -430,6 +429,3 @@ def apply(state: Doc | None, doc: Doc) -> Doc:
     state.merge(doc)
     return state
 
-
-def severities(findings: Iterable[Raw]) -> set[Severity]:
-    return {f[1] for f in findings}

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from lxml import etree
 
 from orchestrator.siprec import RecordingSessionValidator, engine
+from orchestrator.siprec import validator as validator_module
 from orchestrator.siprec.document import collect
 from orchestrator.siprec.parse import safe_parser
 from orchestrator.siprec.xsd import schema_valid
@@ -120,13 +121,14 @@ def test_fast_path_is_set_exactly_when_the_rules_find_nothing(case: tuple[bytes,
     data, sdp = case
     root = etree.fromstring(data, _PARSER)
     ok = schema_valid(root)
-    doc = collect(root, ok, sdp)
-    full = engine.run_rules(doc, engine.Context(sdp_labels=sdp))
+    doc = collect(root, ok, sdp)  # the fast walk first; the full one if not clean
+    ctx = engine.Context(sdp_labels=sdp)
+    full = engine.run_rules(collect(root, ok, sdp, fast=False), ctx)  # every rule, always
     if ok:
         assert doc.clean == (full == []), full
     else:
         assert not doc.clean
-    assert engine.check(doc, engine.Context(sdp_labels=sdp)) == full
+    assert engine.check(doc, ctx) == full
     STATS["schema-valid" if ok else "schema-invalid"] += 1
     STATS["clean" if doc.clean else "with findings"] += 1
 
@@ -139,11 +141,14 @@ def test_validator_findings_do_not_depend_on_the_path(case: tuple[bytes, list[st
     sdp_text = "".join(f"a=label:{lb}\r\n" for lb in sdp) if sdp is not None else None
     fast = RecordingSessionValidator().validate(data, sdp=sdp_text)
     original = engine.check
+    original_collect = validator_module.collect
     engine.check = engine.run_rules  # the slow path only
+    validator_module.collect = lambda root, ok, sdp: original_collect(root, ok, sdp, fast=False)
     try:
         slow = RecordingSessionValidator().validate(data, sdp=sdp_text)
     finally:
         engine.check = original
+        validator_module.collect = original_collect
     assert fast == slow
 
 
