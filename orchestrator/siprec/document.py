@@ -191,17 +191,16 @@ def _times(doc: Doc, el: etree._Element, kind: str, a: Assoc, full: bool,
            extra: str | None = None) -> None:
     """Collect associate-time/disassociate-time children (and report others as foreign,
     except ``extra``, an element the schema allows here)."""
-    names = _TIME_NAMES[kind]
     for c in el:
         tag = c.tag
         if tag == _ASSOC_T:
             a.assoc = text = c.text
             if full:
-                doc.times.append((names[0], text, c.sourceline))
+                doc.times.append((_TIME_NAMES[kind][0], text, c.sourceline))
         elif tag == _DISASSOC_T:
             a.disassoc = text = c.text
             if full:
-                doc.times.append((names[1], text, c.sourceline))
+                doc.times.append((_TIME_NAMES[kind][1], text, c.sourceline))
         elif tag != extra:
             _foreign(doc, c, kind)
 
@@ -226,6 +225,7 @@ def _collect(root: etree._Element, clean: bool, sdp_labels: list[str] | None,
     known: set[str | None] = set()  # every declared ID, for uniqueness on the fast path
     ids, times, loose, names = doc.ids, doc.times, doc.loose, doc.names
     streams, psts, psas, sras = doc.streams, doc.psts, doc.psas, doc.sras
+    participants, sessions, groups = doc.participants, doc.sessions, doc.groups
     b64 = B64_16.fullmatch
     for el in root:
         tag = el.tag
@@ -249,7 +249,7 @@ def _collect(root: etree._Element, clean: bool, sdp_labels: list[str] | None,
             elif session is not None:
                 loose.append(("stream session_id", session, line))
             # the schema puts sessions before streams, so a known session is a checked ID
-            if clean and (sid is None or not b64(sid) or session not in doc.sessions
+            if clean and (sid is None or not b64(sid) or session not in sessions
                           or len(labels) != 1 or not (labels[0].isdigit() and labels[0].isascii()
                                                       or _token(labels[0]))):
                 clean = False
@@ -287,7 +287,7 @@ def _collect(root: etree._Element, clean: bool, sdp_labels: list[str] | None,
                     doc.repeated.append(("participantstreamassoc", pid, line))
                     _loosen(loose, old)
                 psts[pid] = sa
-            if clean and (pid not in doc.participants or not zoned(sa.assoc)
+            if clean and (pid not in participants or not zoned(sa.assoc)
                           or sa.disassoc is not None and not zoned(sa.disassoc)):
                 clean = False
         elif tag == _PARTICIPANT:
@@ -298,8 +298,8 @@ def _collect(root: etree._Element, clean: bool, sdp_labels: list[str] | None,
             elif pid in known:
                 clean = False
             known.add(pid)
-            if pid is not None:
-                doc.participants.setdefault(pid, line)
+            if pid is not None and pid not in participants:
+                participants[pid] = line
             for c in el:
                 if c.tag == _NAMEID:
                     aor = c.get("aor")
@@ -333,7 +333,7 @@ def _collect(root: etree._Element, clean: bool, sdp_labels: list[str] | None,
                 if (pid, sid) in psas:
                     doc.repeated.append(("participantsessionassoc", f"{pid} {sid}", line))
                 psas[(pid, sid)] = a
-                if clean and (pid not in doc.participants or sid not in doc.sessions
+                if clean and (pid not in participants or sid not in sessions
                               or not zoned(a.assoc)
                               or a.disassoc is not None and not zoned(a.disassoc)):
                     clean = False
@@ -349,7 +349,7 @@ def _collect(root: etree._Element, clean: bool, sdp_labels: list[str] | None,
                 if sid in sras:
                     doc.repeated.append(("sessionrecordingassoc", sid, line))
                 sras[sid] = a
-                if clean and (sid not in doc.sessions or not zoned(a.assoc)
+                if clean and (sid not in sessions or not zoned(a.assoc)
                               or a.disassoc is not None and not zoned(a.disassoc)):
                     clean = False
         elif tag == _SESSION:
@@ -388,8 +388,8 @@ def _collect(root: etree._Element, clean: bool, sdp_labels: list[str] | None,
                         times.append(("session stop-time", text, c.sourceline))
                 elif ctag != _REASON:
                     _foreign(doc, c, "session")
-            if sid is not None:
-                doc.sessions.setdefault(sid, a)
+            if sid is not None and sid not in sessions:
+                sessions[sid] = a
                 if full:
                     doc.session_ids.setdefault(sid, []).extend(sip_ids)
             if clean and (sid is None or not b64(sid) or not has_sip_id or not zoned(a.assoc)
@@ -405,8 +405,8 @@ def _collect(root: etree._Element, clean: bool, sdp_labels: list[str] | None,
             known.add(gid)
             a = Assoc(line)
             _times(doc, el, "group", a, full)
-            if gid is not None:
-                doc.groups.setdefault(gid, a)
+            if gid is not None and gid not in groups:
+                groups[gid] = a
             if clean and (gid is None or not b64(gid) or not zoned(a.assoc)
                           or a.disassoc is not None and not zoned(a.disassoc)):
                 clean = False
