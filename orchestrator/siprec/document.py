@@ -1,10 +1,13 @@
 """What one RFC 7865 document says, collected from its XML for the rules engine (sans-IO).
 
-:func:`collect` walks a ``<recording>`` once and keeps, per object, the raw values and the
-line each came from: declared IDs, references, times, names, labels, foreign elements. It
-judges nothing (the rules in :mod:`.engine` do), except that it notes on the way whether a
-document whose schema check passed is *clean*: that flag is the engine's fast path, and a
-property test shows it is set exactly when the rules find nothing.
+:func:`collect` walks a ``<recording>`` and keeps, per object, the raw values and the line
+each came from: declared IDs, references, times, names, labels, foreign elements. It judges
+nothing (the rules in :mod:`.engine` do), except that for a document whose schema check
+passed it first makes a fast walk that only decides whether the document is *clean*: that
+flag is the engine's fast path (a clean complete snapshot has no findings, and nothing more
+is collected), and a property test shows it is set exactly when the rules find nothing.
+Any other document gets the full walk. It is one function: the fast walk skips the
+bookkeeping that only the rules' messages need.
 
 A :class:`Doc` is also the accumulated state of a recording session: :meth:`Doc.merge`
 applies a partial update (RFC 7865 §6.1 ``datamode=partial``) to it.
