@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,7 +43,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
                        description="Build a valid RFC 7865 document from a call description "
                                    "(see docs/metadata.md), for testing an SRS.")
     b.add_argument("description", type=Path, help="JSON or YAML file ('-' reads stdin)")
-    b.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
+    b.add_argument("-o", "--output", type=Path,
+                   help="write here instead of stdout (never over an existing file unless "
+                        "--force, never into a recording directory)")
+    b.add_argument("--force", action="store_true",
+                   help="replace an existing output file (still never in a recording "
+                        "directory)")
     b.add_argument("--multipart", type=Path, metavar="SDP",
                    help="emit a multipart/mixed body with this SDP and the metadata part")
     b.set_defaults(func=run_build)
@@ -220,6 +226,64 @@ def recording_from_description(desc: Any) -> Any:
         participant_stream_assocs=tuple(psts), extensions=exts)
 
 
+_RECORDING_SUFFIXES = (".pcap", ".wav", ".meta")
+
+
+def recording_dir_of(path: Path) -> Path | None:
+    """The recording directory ``path`` lies in, if any: rtpengine's recording-dir (with
+    ``pcaps/`` and ``metadata/``) or anything below it, or a directory holding recordings
+    (``.pcap``, ``.wav``, ``.meta``, ``rtpengine-meta-*`` files, as rtpengine and the
+    reference SRS write them)."""
+    target = path.resolve()
+    if target.suffix in _RECORDING_SUFFIXES or target.name.startswith("rtpengine-meta-"):
+        return target.parent
+    for d in (target.parent, *target.parent.parents):
+        if (d / "pcaps").is_dir() and (d / "metadata").is_dir():
+            return d
+    try:
+        with os.scandir(target.parent) as it:
+            for n, entry in enumerate(it):
+                if n >= 10_000:
+                    break
+                if entry.name.endswith(_RECORDING_SUFFIXES) \
+                        or entry.name.startswith("rtpengine-meta-"):
+                    return target.parent
+    except OSError:
+        pass
+    return None
+
+
+def write_output(path: Path, data: bytes, *, force: bool) -> None:
+    """Write ``data`` to ``path``: a new file, or with ``force`` a replaced one (atomically);
+    never into a recording directory (recordings are never overwritten or mixed with other
+    files). :class:`MetadataError`/:class:`RecordingError` say why not."""
+    from ..errors import RecordingError
+
+    rec_dir = recording_dir_of(path)
+    if rec_dir is not None:
+        raise RecordingError(f"{path}: {rec_dir} is a recording directory; siprecctl never "
+                             "writes there (choose another output path)")
+    if path.is_dir():
+        raise MetadataError(f"{path} is a directory")
+    try:
+        if not force:
+            try:
+                with path.open("xb") as fh:  # exclusive create: no race with a file appearing
+                    fh.write(data)
+            except FileExistsError:
+                raise MetadataError(f"{path} exists; use --force to replace it") from None
+            return
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with tmp.open("xb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    except OSError as exc:
+        raise MetadataError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
 def run_build(args: argparse.Namespace) -> int:
     from ..siprec import build_metadata, build_siprec_body
 
@@ -235,7 +299,7 @@ def run_build(args: argparse.Namespace) -> int:
         ctype, body = build_siprec_body(sdp, xml)
         out = f"Content-Type: {ctype}\r\n\r\n".encode() + body
     if args.output:
-        args.output.write_bytes(out)
+        write_output(args.output, out, force=args.force)
     else:
         sys.stdout.buffer.write(out)
         sys.stdout.flush()

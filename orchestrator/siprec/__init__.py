@@ -9,6 +9,7 @@ from .builder import (
     end_of_call_update,
     format_datetime,
     hold_update,
+    recording_findings,
     resume_update,
     transfer_update,
     with_holds,
@@ -43,8 +44,19 @@ from .multipart import (
     snapshot_request_headers,
 )
 from .parse import parse_metadata, parse_snapshot_request
+from .rs import (
+    RS_ACCEPT,
+    RS_ALLOW,
+    RS_SUPPORTED,
+    RsRequest,
+    bye,
+    final_update,
+    request_body,
+    rs_headers,
+)
 from .rules import RULES, Finding, Rule, Severity
 from .sdp import parse_sdp, sdp_labels
+from .session_id import SessionId, parse_session_id
 from .sip import parse_name_addr, parse_sip_message
 from .validator import (
     Profile,
@@ -56,6 +68,17 @@ from .validator import (
 )
 
 __all__ = [
+    "RS_ACCEPT",
+    "RS_ALLOW",
+    "RS_SUPPORTED",
+    "RsRequest",
+    "SessionId",
+    "bye",
+    "final_update",
+    "parse_session_id",
+    "recording_findings",
+    "request_body",
+    "rs_headers",
     "LEGACY_METADATA_TYPE",
     "LEGACY_NS",
     # SIP message parts

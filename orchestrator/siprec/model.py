@@ -93,9 +93,9 @@ class Group:
 class Reason:
     """Why a communication session ended (RFC 7865 §6.3, ``reason``)."""
 
+    cause: int  # RFC 7865 §9: required, an xs:short (a SIP status code or Q.850 cause)
     text: str = ""
     protocol: str = "SIP"
-    cause: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,10 +141,11 @@ class Participant:
 
 @dataclass(frozen=True, slots=True)
 class Param:
-    """A Contact feature parameter of a participant (RFC 7865 §6.6.1, RFC 3840 §9)."""
+    """A Contact feature parameter of a participant (RFC 7865 §6.6.1, RFC 3840 §9); RFC 7865
+    §9 requires a value (``pval``)."""
 
     pname: str
-    pval: str | None = None
+    pval: str
 
 
 @dataclass(frozen=True, slots=True)

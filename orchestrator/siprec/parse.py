@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import datetime
 
@@ -175,11 +176,10 @@ def _session(el: etree._Element) -> Session:
     exts: list[Extension] = []
 
     def reason(c: etree._Element) -> None:
-        cause = c.get("cause")
-        if cause is not None and not cause.strip().isdigit():
-            raise MetadataError(f"line {c.sourceline}: reason cause {cause!r} is not a number")
-        reasons.append(Reason(_text(c), c.get("protocol", "SIP"),
-                              int(cause) if cause is not None else None))
+        cause = _attr(c, "cause").strip()
+        if not re.fullmatch(r"[+-]?\d+", cause) or not -32768 <= int(cause) <= 32767:
+            raise MetadataError(f"line {c.sourceline}: reason cause {cause!r} is not an xs:short")
+        reasons.append(Reason(int(cause), _text(c), c.get("protocol", "SIP")))
 
     _fields(el, {
         _R + "sipSessionID": lambda c: sids.append(_text(c)),
@@ -228,7 +228,7 @@ def _psa(el: etree._Element) -> ParticipantSessionAssoc:
     params: list[Param] = []
     exts: list[Extension] = []
     known = _assoc_times(v)
-    known[_R + "param"] = lambda c: params.append(Param(_attr(c, "pname"), c.get("pval")))
+    known[_R + "param"] = lambda c: params.append(Param(_attr(c, "pname"), _attr(c, "pval")))
     _fields(el, known, exts)
     return ParticipantSessionAssoc(_attr(el, "participant_id"), _attr(el, "session_id"),
                                    v["associate_time"], v["disassociate_time"], tuple(params),

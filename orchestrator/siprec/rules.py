@@ -1,7 +1,8 @@
 """The validator's rules and findings.
 
 Rule ids follow the numbering of the project's SIPREC notes (reference/siprec.md §2.3):
-R01–R07 the recording session's SIP envelope, R08–R11 its SDP, R12–R28 the RFC 7865 metadata.
+R01–R07 the recording session's SIP envelope, R08–R11 its SDP, R12–R28 the RFC 7865 metadata;
+then the rules added for RFC 7865/7866 to the letter: R29 (metadata), R30–R32 (envelope).
 One rule can report at different severities (R15: invalid base64 is an error, a valid ID
 that is not 16 bytes a warning), so severity belongs to the finding.
 """
@@ -51,8 +52,10 @@ _RULES = [
                              "at most one metadata part"),
     Rule("R04", "metadata-content-type", "metadata part is application/rs-metadata+xml "
                                          "(legacy application/rs-metadata: warning, RFC 9806)"),
-    Rule("R05", "content-disposition", "metadata part has Content-Disposition: recording-session"),
-    Rule("R06", "accept-snapshot", "Accept lists application/rs-metadata-request"),
+    Rule("R05", "content-disposition", "a metadata body or part has Content-Disposition: "
+                                       "recording-session (RFC 7866)"),
+    Rule("R06", "accept-snapshot", "INVITE and re-INVITE: Accept lists "
+                                   "application/rs-metadata-request"),
     Rule("R07", "mime-framing", "Content-Length and MIME framing are correct"),
     Rule("R08", "sdp-label", "every m-line has exactly one a=label, labels unique (RFC 4574)"),
     Rule("R09", "sdp-direction", "SRC offer streams are sendonly or inactive (RFC 7866 §7.1.1)"),
@@ -65,16 +68,24 @@ _RULES = [
     Rule("R15", "id-base64", "IDs and references are xs:base64Binary; 16 bytes (UUID) expected"),
     Rule("R16", "unique-id", "IDs unique per element type"),
     Rule("R17", "reference", "references resolve (in the document, or the accumulated state)"),
-    Rule("R18", "stream-label", "each stream has one label matching an SDP a=label"),
+    Rule("R18", "stream-label", "each stream has one label, an SDP token, unique, matching an "
+                                "SDP a=label"),
     Rule("R19", "aor", "nameID aor is a sip:, sips: or tel: URI"),
     Rule("R20", "datetime", "times are xs:dateTime with a timezone (Z or ±hh:mm)"),
     Rule("R21", "time-order", "associate-time ≤ disassociate-time, start-time ≤ stop-time"),
     Rule("R22", "completeness", "complete snapshots associate every session, participant, stream"),
     Rule("R23", "send-recv", "participant send/recv sets are plausible"),
-    Rule("R24", "sip-session-id", "sipSessionID looks like an RFC 7989 Session-ID"),
+    Rule("R24", "sip-session-id", "sipSessionID is an RFC 7989 Session-ID (RFC 7865 §6.3); noted "
+                                  "when a complete snapshot has none"),
     Rule("R25", "extension-namespace", "extensions only in a foreign namespace"),
     Rule("R26", "legacy-format", "pre-RFC draft metadata format detected"),
     Rule("R27", "snapshot-request", "snapshot request body is a valid requestsnapshot"),
     Rule("R28", "partial-update", "partial updates apply to the accumulated recording session"),
+    Rule("R29", "partial-update-time", "every association tuple of a partial update carries "
+                                       "associate-time or disassociate-time (RFC 7865 §6.9)"),
+    Rule("R30", "session-id-header", "requests carry an RFC 7989 Session-ID header"),
+    Rule("R31", "supported-allow", "the INVITE carries Supported and Allow (RFC 3261 §13.2.1)"),
+    Rule("R32", "bye-metadata", "no metadata in BYE: the final update goes in a re-INVITE or "
+                                "UPDATE before it (RFC 7866 §9.1)"),
 ]
 RULES: dict[str, Rule] = {r.id: r for r in _RULES}

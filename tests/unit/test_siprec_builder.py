@@ -17,9 +17,11 @@ from orchestrator.siprec import (
     Extension,
     Group,
     NameID,
+    Param,
     Participant,
     ParticipantSessionAssoc,
     ParticipantStreamAssoc,
+    Reason,
     Recording,
     Session,
     SessionRecordingAssoc,
@@ -40,6 +42,7 @@ from orchestrator.siprec import (
     validate_metadata,
 )
 from orchestrator.siprec.model import id_bytes
+from orchestrator.siprec.xsd import schema_valid
 
 T0 = datetime(2024, 5, 1, 10, 0, tzinfo=UTC)
 REPLY = {"media-labels": {"1": {"tag": "ft1", "type": "audio", "label": "caller"},
@@ -128,21 +131,24 @@ def test_check_recording_names_every_problem() -> None:
     with pytest.raises(MetadataError) as exc:
         build_metadata(rec)
     msg = str(exc.value)
-    assert "stream_id 'no-pe!' is not base64Binary" in msg
-    assert "label '1' used by two streams" in msg
-    assert "aor 'bob@example.com' is not a sip:, sips: or tel: URI" in msg
-    assert "session_id 'xxxx' names no session" in msg
+    # errors only, each with its rule id and the line of the document the builder made
+    assert "R15 line 8: stream stream_id 'no-pe!' is not base64Binary" in msg
+    assert "R18 line 11: label '1' is used by streams no-pe! and " in msg
+    assert "R17 line 11: stream " in msg and "session_id xxxx names no <session>" in msg
+    assert "bob@example.com" not in msg  # a bare aor is a warning (R19), not refused
 
 
 def test_check_recording_time_order() -> None:
     g = Group(new_id(), associate_time=T0, disassociate_time=T0 - timedelta(seconds=1))
-    with pytest.raises(MetadataError, match="disassociate-time 2024-05-01T09:59:59Z is before"):
+    with pytest.raises(MetadataError, match="R21 line 4: group .*: disassociate-time "
+                                            "2024-05-01T09:59:59Z is before"):
         build_metadata(Recording(groups=(g,)))
 
 
 def test_extension_in_recording_namespace_is_refused() -> None:
     rec = Recording(extensions=(Extension("urn:ietf:params:xml:ns:recording:1", "x"),))
-    with pytest.raises(MetadataError, match="must be in a foreign namespace"):
+    with pytest.raises(MetadataError, match="R25 line 4: <x> is not an RFC 7865 element; "
+                                            "extensions must be in a foreign namespace"):
         build_metadata(rec)
 
 
@@ -160,10 +166,12 @@ def test_partial_updates_validate_in_sequence() -> None:
     caller, callee = (p.participant_id for p in rec.participants)
     v = RecordingSessionValidator()
     assert problems(v.validate(build_metadata(rec))) == []
-    hold = hold_update(rec, callee)
+    hold = hold_update(rec, callee, T0 + timedelta(seconds=20))
     assert hold.datamode is DataMode.PARTIAL and hold.participant_stream_assocs[0].send == ()
+    assert hold.participant_stream_assocs[0].associate_time == T0 + timedelta(seconds=20)
     assert [f.rule for f in v.validate(build_metadata(hold))] == ["R28"]
-    assert v.validate(build_metadata(resume_update(rec, callee))) == []
+    assert v.validate(build_metadata(resume_update(rec, callee, T0 + timedelta(seconds=40)))) \
+        == []
     carol = Participant(new_id(), (NameID("sip:carol@chicago.example.com", "Carol"),))
     assert not has_errors(v.validate(build_metadata(
         transfer_update(rec, callee, carol, T0 + timedelta(minutes=1)))))
@@ -279,13 +287,16 @@ def recordings(draw: st.DrawFn) -> Recording:
     group = Group(draw(_ID), draw(st.none() | _TIME))
     start = draw(_TIME)
     session = Session(draw(_ID), sip_session_ids=draw(st.lists(_TEXT, max_size=2)),
+                      reasons=tuple(Reason(c, t) for c, t in draw(st.lists(st.tuples(
+                          st.integers(-32768, 32767), _TEXT), max_size=2))),
                       group_ref=group.group_id, start_time=start,
                       stop_time=draw(st.none() | st.just(start + timedelta(seconds=30))))
     participants = tuple(
         Participant(draw(_ID), (NameID("sip:" + draw(st.from_regex(r"[a-z0-9]{1,8}@[a-z]{1,8}\.example",
                                                                    fullmatch=True)),
                                        draw(st.none() | _TEXT),
-                                       draw(st.none() | st.sampled_from(["en", "it", "de-CH"]))),))
+                                       draw(st.none() | st.sampled_from(["en", "it", "de-CH",
+                                                                         ""]))),))
         for _ in range(draw(st.integers(1, 3))))
     labels = draw(st.lists(_LABEL, min_size=1, max_size=5, unique=True))
     streams = tuple(Stream(draw(_ID), session.session_id, lb) for lb in labels)
@@ -300,8 +311,10 @@ def recordings(draw: st.DrawFn) -> Recording:
     return Recording(
         groups=(group,), sessions=(session,), participants=participants, streams=streams,
         session_recording_assocs=(SessionRecordingAssoc(session.session_id, start),),
-        participant_session_assocs=tuple(ParticipantSessionAssoc(p.participant_id,
-                                                                 session.session_id, start)
+        participant_session_assocs=tuple(ParticipantSessionAssoc(
+            p.participant_id, session.session_id, start,
+            params=tuple(Param(n, v) for n, v in draw(st.lists(st.tuples(_TEXT, _TEXT),
+                                                               max_size=2))))
                                          for p in participants),
         participant_stream_assocs=tuple(psts), extensions=draw(st.sampled_from([(), (ext,)])))
 
@@ -312,6 +325,7 @@ def test_any_accepted_model_validates_without_errors(rec: Recording) -> None:
     xml = build_metadata(rec)
     findings = validate_metadata(xml, sdp="".join(f"a=label:{s.label}\r\n" for s in rec.streams))
     assert not has_errors(findings), findings
+    assert schema_valid(etree.fromstring(xml))  # never a document RFC 7865 §9 rejects
     back = parse_metadata(xml)
     assert [s.label for s in back.streams] == [s.label for s in rec.streams]
     assert [p.participant_id for p in back.participants] == [p.participant_id

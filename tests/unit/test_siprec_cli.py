@@ -68,7 +68,9 @@ def test_table_output(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_build_yaml_gives_valid_document(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     desc = tmp_path / "call.yaml"
-    desc.write_text("start_time: 2024-05-01T10:00:00+02:00\nparticipants:\n"
+    desc.write_text("start_time: 2024-05-01T10:00:00+02:00\n"
+                    "sip_session_id: ab30317f1a784dc48ff824d0d3715d86;"
+                    "remote=47755a9de7794ba387653f2099600ef2\nparticipants:\n"
                     "  - header: '\"Alice & <Co>\" <sip:alice@atlanta.example.com>;tag=1'\n"
                     "    lang: en\n    send: ['1']\n"
                     "  - aor: 'tel:+14155550100'\n    name: Bob\n    lang: en\n    send: ['2']\n")
@@ -103,3 +105,49 @@ def test_build_bad_description_is_a_known_error(tmp_path: Path,
 
 def test_build_missing_file_exit_2(tmp_path: Path) -> None:
     assert main(["metadata", "build", str(tmp_path / "nope.yaml")]) == 2
+
+
+# ------------------------------------------------------------------ build -o: nothing lost
+
+DESC = '{"participants": [{"aor": "sip:a@example.com", "send": ["1"]}, {"aor": "sip:b@example.com"}]}'
+
+
+def test_build_does_not_overwrite_without_force(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    desc = tmp_path / "d.json"
+    desc.write_text(DESC)
+    out = tmp_path / "capture.pcap.bak"
+    out.write_bytes(b"\xd4\xc3\xb2\xa1 precious")
+    assert main(["metadata", "build", str(desc), "-o", str(out)]) == 1
+    assert f"{out} exists; use --force to replace it" in capsys.readouterr().err
+    assert out.read_bytes() == b"\xd4\xc3\xb2\xa1 precious"
+    assert main(["metadata", "build", str(desc), "-o", str(out), "--force"]) == 0
+    assert out.read_bytes().startswith(b"<?xml")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp left
+
+
+def test_build_new_file(tmp_path: Path) -> None:
+    desc = tmp_path / "d.json"
+    desc.write_text(DESC)
+    assert main(["metadata", "build", str(desc), "-o", str(tmp_path / "new.xml")]) == 0
+    assert (tmp_path / "new.xml").read_bytes().startswith(b"<?xml")
+
+
+@pytest.mark.parametrize("layout", ["rtpengine", "rtpengine-subdir", "srs", "pcap-target"])
+def test_build_never_writes_into_a_recording_directory(
+        layout: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    desc = tmp_path / "d.json"
+    desc.write_text(DESC)
+    rec = tmp_path / "rec"
+    (rec / "pcaps").mkdir(parents=True)
+    (rec / "metadata").mkdir()
+    srs = tmp_path / "srs"
+    srs.mkdir()
+    (srs / "srs1-20240501T100000-ab12-1.wav").write_bytes(b"RIFF")
+    target = {"rtpengine": rec / "m.xml", "rtpengine-subdir": rec / "pcaps" / "m.xml",
+              "srs": srs / "m.xml", "pcap-target": tmp_path / "call.pcap"}[layout]
+    for force in ([], ["--force"]):
+        assert main(["metadata", "build", str(desc), "-o", str(target), *force]) == 1
+        assert "is a recording directory; siprecctl never writes there" in \
+            capsys.readouterr().err
+        assert not target.exists()

@@ -164,14 +164,27 @@ def test_r11_session_version_must_increase() -> None:
     v = RecordingSessionValidator()
     msg = (DATA / "sip" / "valid-invite.sip").read_bytes()
     assert v.validate_message(msg) == []
-    f = one(v.validate_message(msg), "R11")
+    changed = msg.replace(b"m=audio 36000", b"m=audio 36010")  # same length, new offer
+    assert changed != msg
+    f = one(v.validate_message(changed), "R11")
     assert f.message == ("o= session-version 2890844526 does not increase (previous offer had "
                          "2890844526)")
 
 
+def test_r11_not_reported_for_an_unchanged_re_offer() -> None:
+    """RFC 3264 §8: an offer repeated unchanged keeps its o= version (a sender's own
+    metadata-only re-INVITEs); the reference SRS and --session judge alike."""
+    v = RecordingSessionValidator()
+    msg = (DATA / "sip" / "valid-invite.sip").read_bytes()
+    assert v.validate_message(msg) == []
+    assert v.validate_message(msg) == []
+
+
 def test_snapshot_request_message() -> None:
     body = (DATA / "valid" / "snapshot-request.xml").read_bytes()
-    msg = (b"UPDATE sip:2000@src.example.com SIP/2.0\r\nContent-Type: "
+    msg = (b"UPDATE sip:2000@src.example.com SIP/2.0\r\n"
+           b"Session-ID: ab30317f1a784dc48ff824d0d3715d86;remote=47755a9de7794ba387653f2099600ef2"
+           b"\r\nContent-Type: "
            b"application/rs-metadata-request\r\nContent-Disposition: recording-session\r\n"
            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
     assert [(f.rule, f.severity.value) for f in validate_message(msg)] == [("R27", "info")]

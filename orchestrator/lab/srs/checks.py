@@ -2,9 +2,14 @@
 
 The project's validator (:class:`orchestrator.siprec.RecordingSessionValidator`, strict
 profile, one per recording session) does the work; this module splits its findings into SIP
-checks (R01–R11) and metadata findings (R12–R28), drops the envelope rules that only apply to
-the INVITE that starts the recording session, and maps stream labels to the participants the
-metadata says send them.
+checks (R01–R11, R30–R32) and metadata findings (R12–R29), drops the envelope rules that only
+apply to the INVITE that starts the recording session (R01 Require, R31 Supported/Allow), and
+maps stream labels to the participants the metadata says send them.
+
+A BYE's findings are all filed as metadata findings: a body in a BYE can only be final
+metadata (R05 its disposition, R32 its placement), and the server keeps a BYE's metadata
+findings only. The validator itself skips R11 for an offer repeated unchanged (RFC 3264 §8),
+so this SRS and ``siprecctl metadata validate --session`` judge alike.
 """
 
 from __future__ import annotations
@@ -20,9 +25,10 @@ from ...siprec.validator import RecordingSessionValidator
 
 __all__ = ["ParticipantMap", "check_request", "metadata_datamode", "require_tags"]
 
-SIP_RULES = frozenset(f"R{n:02d}" for n in range(1, 12))
-#: RFC 7866 §6.1.1 puts Require: siprec on the INVITE that starts the RS; Accept likewise.
-INITIAL_ONLY = frozenset({"R01", "R06"})
+SIP_RULES = frozenset({*(f"R{n:02d}" for n in range(1, 12)), "R30", "R31", "R32"})
+#: RFC 7866 §6.1.1 puts Require: siprec on the INVITE that starts the RS; RFC 3261 §13.2.1
+#: Supported and Allow on the INVITE. Accept (R06) is checked on re-INVITEs too (§14.1).
+INITIAL_ONLY = frozenset({"R01", "R31"})
 
 
 def require_tags(msg: SipMessage) -> list[str]:
@@ -37,19 +43,21 @@ def check_request(validator: RecordingSessionValidator, raw: bytes, *, initial: 
     """``(sip_findings, metadata_findings)`` for one request of the recording session.
 
     ``sdp``/``previous_sdp``: the SDP of this request and of the previous offer; an offer
-    repeated unchanged keeps its o= version legitimately (RFC 3264 §8), so R11 is dropped.
+    repeated unchanged keeps its o= version legitimately (RFC 3264 §8), so R11 is dropped
+    (the validator also remembers the previous offer itself).
     """
     findings = validator.validate_message(raw, source=source)
     sip: list[Finding] = []
     meta: list[Finding] = []
     unchanged = sdp is not None and previous_sdp is not None \
         and sdp.strip() == previous_sdp.strip()
+    bye = raw.lstrip()[:4].upper() == b"BYE "
     for f in findings:
         if not initial and f.rule in INITIAL_ONLY:
             continue
         if f.rule == "R11" and unchanged:
             continue
-        (sip if f.rule in SIP_RULES else meta).append(f)
+        (sip if f.rule in SIP_RULES and not bye else meta).append(f)
     return sip, meta
 
 
