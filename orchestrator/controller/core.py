@@ -530,6 +530,12 @@ class CallCore:
         ok = 200 <= r.code < 300
         if ok:
             s.last_alive = now
+        if tx.purpose == "final":
+            if r.code in (408, 481):  # the SRS has no dialog left to end
+                self._closed_after_bye(s, f"final update answered {r.code}", now)
+            elif not ok:
+                s.note(f"final metadata update refused: {r.code} {r.reason}", now)
+            return  # the BYE follows (_settle)
         if tx.purpose == "bye":
             if not ok and r.code != 481:
                 self._loss(s, "bye_failed", 0.0, f"BYE to {s.srs_uri} answered "
@@ -759,9 +765,10 @@ class CallCore:
         s.tx = None
 
     def _terminate(self, s: RecordingSession, ev: Ev, reason: str, now: float, *,
-                   bye: bool, unsubscribe: bool = True) -> None:
-        """End ``s``: BYE with the final metadata when it was established, unsubscribe
-        while the call lives (never after it ended: the edge's delete frees the fork)."""
+                   bye: bool, unsubscribe: bool = True, force: bool = False) -> None:
+        """End ``s``: the final metadata update and a BYE when it was established,
+        unsubscribe while the call lives (never after it ended: the edge's delete frees
+        the fork)."""
         if not s.open:
             return
         was = s.state
@@ -772,36 +779,42 @@ class CallCore:
             self._ev(s, ev if ev in (Ev.CALL_ENDED, Ev.STOP) else Ev.ERROR, reason, now)
         else:  # established, paused, terminating
             if was is State.TERMINATING:
+                if force:  # after a restart nothing is pending any more: close it
+                    s.tx = None
+                    self._ev(s, Ev.DONE, reason, now)
                 return
             self._ev(s, ev, reason, now)
             if s.media_until is None:
                 s.media_until = now
-            if bye:
-                self._send_bye(s, now)
-            else:
+            if not bye:
                 self._ev(s, Ev.DONE, reason, now)
+            # else _pump_close sends the final update, then the BYE, once nothing is pending
         if unsubscribe and self.live and was in (State.SUBSCRIBING, State.SUBSCRIBED,
                                                  State.INVITING, State.ESTABLISHED):
             self._emit(Unsubscribe(s.session_id, self.node, self.call_id, s.sub_to_tag))
         if not s.open and s.dialog is not None and was in (State.ESTABLISHED, State.PAUSED):
             self._emit(EdgeForget(self.call.edge, s.dialog.call_id))
 
-    def _send_bye(self, s: RecordingSession, now: float) -> None:
+    def _pump_close(self, s: RecordingSession, now: float) -> None:
+        """A terminating session with nothing pending: first the final metadata update
+        (stop-time, disassociate-times) in a re-INVITE carrying the current SDP unchanged,
+        then a BYE without a body. RFC 7866 §9.1 carries metadata in INVITE/UPDATE, never
+        in BYE; an SRS may answer a BYE body 415 and keep the dialog (RFC 3261 §21.4.16)."""
         assert s.dialog is not None and self.group is not None
-        if s.tx is not None and s.tx.method == "INVITE":
-            # a re-INVITE still pending: CANCEL it (RFC 3261 §9.1) before the BYE
-            self._emit(CancelInvite(self.call.edge, s.dialog.call_id, s.tx.cseq))
-        body, ctype = b"", None
-        try:
-            final = end_of_call_update(self._snapshot(s), datetime.fromtimestamp(
-                s.media_until or now, UTC))
-            body, ctype = build_metadata(final), "application/rs-metadata+xml"
-        except MetadataError as exc:
-            s.note(f"final metadata not built: {exc}", now)
-        ruri, hdrs, cseq = s.dialog.request("BYE", ctype if body else None)
+        if not s.final_sent:
+            s.final_sent = True
+            try:
+                final = end_of_call_update(self._snapshot_now(s), datetime.fromtimestamp(
+                    s.media_until or now, UTC))
+                self._request(s, "INVITE", "final", s.offer_sdp, build_metadata(final), now)
+                return
+            except MetadataError as exc:
+                s.note(f"final metadata not built: {exc}", now)
+        ruri, hdrs, cseq = s.dialog.request("BYE")
         s.tx = Tx("BYE", cseq, now + self.group.timeout, "bye")
+        self._touch(s)
         self._emit(SendRequest(s.session_id, self.call.edge, s.dialog.call_id, "BYE", ruri,
-                               s.dialog.nexthop(), hdrs, body, cseq))
+                               s.dialog.nexthop(), hdrs, b"", cseq))
 
     def _closed_after_bye(self, s: RecordingSession, detail: str, now: float) -> None:
         if s.state is State.TERMINATING:
@@ -824,6 +837,11 @@ class CallCore:
                 s.note("resubscribe for the resume: no reply from rtpengine", now)
                 self.pause_wanted = True
                 self._fail_ops("resume", "rtpengine did not answer the subscribe request")
+            elif tx.purpose == "final":
+                assert s.dialog is not None
+                self._emit(CancelInvite(self.call.edge, s.dialog.call_id, tx.cseq))
+                s.tx = None
+                s.note(f"final metadata update unanswered in {self.group.timeout:g} s", now)
             elif tx.purpose == "bye":
                 s.tx = None
                 self._loss(s, "bye_failed", 0.0, f"BYE to {s.srs_uri}: no answer in "
@@ -845,18 +863,23 @@ class CallCore:
             s.snapshot = parse_metadata(s.metadata)
         return s.snapshot
 
-    def _current_snapshot(self, s: RecordingSession) -> bytes:
-        """The complete snapshot as things stand (holds included)."""
-        if not self.holds:
-            return s.metadata
+    def _snapshot_now(self, s: RecordingSession) -> Recording:
+        """The complete snapshot as things stand (RFC 7866 §9.2: holds included)."""
         held = [s.participants[r] for r in sorted(self.holds) if r in s.participants]
-        return build_metadata(with_holds(self._snapshot(s), held))
+        return with_holds(self._snapshot(s), held) if held else self._snapshot(s)
+
+    def _current_snapshot(self, s: RecordingSession) -> bytes:
+        return s.metadata if not self.holds else build_metadata(self._snapshot_now(s))
 
     def _settle(self, now: float) -> None:
         """After every input: open what the slots need, send what sessions owe."""
         self._fill(now)
         for s in list(self.sessions.values()):
-            if s.tx is None and s.live and self.live:
+            if s.tx is not None:
+                continue
+            if s.state is State.TERMINATING:
+                self._pump_close(s, now)
+            elif s.live and self.live:
                 self._pump(s, now)
         self._check_ops(now)
 
@@ -890,7 +913,10 @@ class CallCore:
                     s.announced_holds = holds
                     return
                 snap = self._snapshot(s)
-                update = hold_update(snap, pid) if role in holds else resume_update(snap, pid)
+                # RFC 7865 §6.9: the time of the change in the association tuple (the edge's)
+                at = datetime.fromtimestamp(self.hold_ts or now, UTC)
+                update = (hold_update(snap, pid, at) if role in holds
+                          else resume_update(snap, pid, at))
                 doc = build_metadata(update)
             else:
                 doc = self._current_snapshot(s)
@@ -1085,7 +1111,7 @@ class CallCore:
             if s.state is State.INVITING:
                 self._abandon_invite_stored(s)
             self._terminate(s, Ev.STOP, "set-up interrupted by a controller restart", now,
-                            bye=True)
+                            bye=True, force=True)
             sl = self.slots[s.slot]
             sl.gap_since, sl.gap_reason = now, "controller_restart"
         self._settle(now)
@@ -1105,7 +1131,8 @@ class CallCore:
             if s.state is State.INVITING:
                 self._abandon_invite_stored(s)
             self._terminate(s, Ev.CALL_ENDED, "the call ended while the controller was down",
-                            now, bye=True, unsubscribe=False)
+                            now, bye=True, unsubscribe=False, force=True)
         if self.had_subscription:
             self._emit(DeleteCall(self.node, self.call_id))
+        self._settle(now)
         return self._flush()

@@ -14,14 +14,15 @@ from dataclasses import dataclass, field
 
 from ..errors import SipError
 from ..kamailio.events import RsReply
+from ..siprec.rs import rs_headers
 from ..siprec.sdp import parse_sdp
+from ..siprec.session_id import SessionId
 from ..siprec.sip import parse_name_addr
 
 __all__ = ["RsDialog", "name_addr", "new_rs_call_id", "options_headers", "sip_safe"]
 
 RS_CALL_ID_PREFIX = "siprec-"  # the generated config recognises RS traffic by this prefix
 SRC_USER = "siprec-src"  # Request-URI user of the SRS's in-dialog requests (our Contact)
-ACCEPT = "application/sdp, application/rs-metadata+xml, application/rs-metadata-request"
 
 
 def new_rs_call_id() -> str:
@@ -78,6 +79,8 @@ class RsDialog:
     invite_cseq: int = 1
     route_set: list[str] = field(default_factory=list)
     extra: list[tuple[str, str]] = field(default_factory=list)
+    # RFC 7989: the recording session's own Session-ID (ours; the SRS's once it answered)
+    session_id: SessionId = field(default_factory=SessionId.new)
 
     def __post_init__(self) -> None:
         for what, v in (("Call-ID", self.call_id), ("SRS URI", self.remote_uri),
@@ -105,8 +108,9 @@ class RsDialog:
             ("CSeq", f"{self.cseq} INVITE"),
             # RFC 7866 §6.1.1: +sip.src in the Contact and the siprec option tag
             ("Contact", f"<{self.contact}>;+sip.src"),
-            ("Require", "siprec"),
-            ("Accept", ACCEPT),
+            # RFC 7866 §6.1.1 Require: siprec; Supported/Allow/Accept (RFC 3261 §13.2.1);
+            # Session-ID (RFC 7989 §7, the SRS's part null until it answers)
+            *rs_headers("INVITE", self.session_id),
             *self.extra,
             ("Content-Type", content_type),
         ]
@@ -127,6 +131,10 @@ class RsDialog:
         # RFC 3261 §12.1.2: the UAC's route set is the Record-Route, reversed
         self.route_set = [sip_safe(u, "Record-Route")
                           for u in reversed(_uris(reply.record_route))]
+        try:  # RFC 7989 §7: the SRS's own UUID becomes our "remote"
+            self.session_id = self.session_id.learn(reply.session_id)
+        except SipError:
+            pass  # a malformed Session-ID from the SRS: keep ours, the session still works
 
     def nexthop(self) -> str:
         """Where an in-dialog request goes first: a loose router of the route set, or ''
@@ -135,8 +143,10 @@ class RsDialog:
             return self.route_set[0]
         return ""
 
-    def request(self, method: str, content_type: str | None = None) -> tuple[str, str, int]:
-        """An in-dialog request: (Request-URI, header block, CSeq number)."""
+    def request(self, method: str, content_type: str | None = None,
+                extra: list[tuple[str, str]] | None = None) -> tuple[str, str, int]:
+        """An in-dialog request: (Request-URI, header block, CSeq number), with the headers
+        RFC 7866/3261/7989 expect for ``method`` (``rs_headers``) and ``extra``."""
         if not self.confirmed:
             raise SipError(f"cannot send {method}: the recording session is not established")
         self.cseq += 1
@@ -148,8 +158,8 @@ class RsDialog:
             ("Contact", f"<{self.contact}>;+sip.src"),
             *(("Route", f"<{uri}>") for uri in self.route_set),
         ]
-        if method in ("INVITE", "UPDATE"):
-            hdrs.append(("Require", "siprec"))
+        hdrs += rs_headers(method, self.session_id)
+        hdrs += extra or []
         if content_type:
             hdrs.append(("Content-Type", content_type))
         return self.request_uri(), _block(hdrs), self.cseq
@@ -160,7 +170,8 @@ class RsDialog:
                 "transport": self.transport, "local_tag": self.local_tag,
                 "remote_tag": self.remote_tag, "remote_target": self.remote_target,
                 "cseq": self.cseq, "invite_cseq": self.invite_cseq,
-                "route_set": list(self.route_set)}
+                "route_set": list(self.route_set),
+                "session_id": [self.session_id.local, self.session_id.remote]}
 
     @classmethod
     def from_dict(cls, d: dict[str, object]) -> RsDialog:
@@ -172,7 +183,9 @@ class RsDialog:
                    transport=str(d.get("transport") or "udp"), local_tag=s("local_tag"),
                    remote_tag=s("remote_tag"), remote_target=s("remote_target"),
                    cseq=int(str(d.get("cseq", 1))), invite_cseq=int(str(d.get("invite_cseq", 1))),
-                   route_set=[str(u) for u in _list(d.get("route_set"))])
+                   route_set=[str(u) for u in _list(d.get("route_set"))],
+                   session_id=SessionId(*(str(x) for x in _list(d.get("session_id"))))
+                   if d.get("session_id") else SessionId.new())
 
 
 def _block(hdrs: list[tuple[str, str]]) -> str:

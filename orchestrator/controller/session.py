@@ -135,6 +135,7 @@ class RecordingSession:
     announced_holds: frozenset[str] = frozenset()  # roles the SRS was told are on hold
     snapshot_due: bool = False  # the SRS asked for a complete snapshot
     snapshot_after_ack: bool = False  # ... in an INVITE: send after its ACK
+    final_sent: bool = False  # terminating: the final metadata update went out
     created: float = 0.0
     updated: float = 0.0
     established_at: float | None = None

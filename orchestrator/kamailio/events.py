@@ -100,6 +100,7 @@ class RsReply:
     content_type: str | None = None
     body: bytes = b""
     record_route: tuple[str, ...] = ()  # Record-Route header values, in the order received
+    session_id: str | None = None  # the reply's RFC 7989 Session-ID header
     ts: float = 0.0
 
 
@@ -243,7 +244,8 @@ def parse_event(doc: Mapping[str, Any]) -> EdgeEvent | None:
                        reason=f.opt_text("reason") or "", to_tag=f.opt_text("to_tag"),
                        from_tag=f.opt_text("from_tag"), contact=f.opt_text("contact"),
                        content_type=f.opt_text("content_type"), body=f.body(),
-                       record_route=f.route(), ts=f.ts())
+                       record_route=f.route(), session_id=f.opt_text("session_id"),
+                       ts=f.ts())
     if kind == "rs_request":
         return RsRequest(edge=f.text("edge"), rs_call_id=f.text("call_id"),
                          method=f.text("method"), cseq=f.opt_int("cseq") or 0,

@@ -402,7 +402,8 @@ def test_controller_killed_and_restarted_reconciles(stack: LabStack) -> None:
         g = wait(lambda: (x := srs_session(srs, gone_s["rs_call_id"])) and x.ended and x, 10,
                  "the orphan SRS session to be closed")
         assert g.bye_from == "src"
-        assert [s["state"] for s in sessions_of(stack, gone.call_id)] == ["closed"]
+        wait(lambda: [s["state"] for s in sessions_of(stack, gone.call_id)] == ["closed"], 5,
+             "the orphan session closed in the store once the SRS answered the BYE")
         # the live call: still recorded, by exactly one open session
         keep_all = sessions_of(stack, keep.call_id)
         open_ = [s for s in keep_all if s["state"] == "established"]

@@ -217,11 +217,18 @@ def test_call_end_byes_the_srs_and_never_unsubscribes_after_the_edge_deleted(
     acts = h.feed(CallEnded("edge1", "call-1", T0 + 30, by="callee"), 30)
     names = kinds(acts)
     assert "Unsubscribe" not in names  # rtpengine 10.5: delete then unsubscribe leaks
-    assert names[-1] == "DeleteCall"  # ... the final delete frees what a race left
+    ng = [n for n in names if n in ("Subscribe", "SubscribeAnswer", "Unsubscribe",
+                                     "DeleteCall", "StopLocal")]
+    assert ng[-1] == "DeleteCall"  # ... the final delete, last NG command, frees what a race left
     assert ("StopLocal" in names) is record_local
-    bye = h.last(SendRequest, acts)
-    assert bye.method == "BYE" and b"<stop-time>" in bye.body
+    # RFC 7866 §9.1: the final metadata goes in a re-INVITE (the SDP unchanged), then a BYE
+    # without a body (an SRS may answer a BYE body 415 and keep the dialog up)
+    final = h.last(SendRequest, acts)
+    assert final.method == "INVITE" and b"<stop-time>" in final.body
+    assert b"a=sendonly" in final.body and "Session-ID: " in final.headers
     assert h.session().state is State.TERMINATING
+    bye = h.last(SendRequest, h.answer(final))
+    assert bye.method == "BYE" and bye.body == b"" and bye.cseq == final.cseq + 1
     acts = h.answer(bye)
     assert h.session().state is State.CLOSED and h.core.done
     assert kinds(acts) == ["EdgeForget"] and h.losses() == []
@@ -246,7 +253,8 @@ def test_call_end_while_inviting_cancels_and_counts_the_unrecorded_call() -> Non
 def test_bye_outcome(reply: int | None, dt: float, loss: list[tuple[str, float]]) -> None:
     h = Harness()
     h.establish()
-    bye = h.last(SendRequest, h.feed(CallEnded("edge1", "call-1", T0 + 5, by="caller"), 5))
+    final = h.last(SendRequest, h.feed(CallEnded("edge1", "call-1", T0 + 5, by="caller"), 5))
+    bye = h.last(SendRequest, h.answer(final))
     if reply is None:
         h.feed(Tick(), dt)
     else:
@@ -261,6 +269,8 @@ def test_one_invite_transaction_at_a_time_and_the_latest_state_wins() -> None:
     acts = h.feed(CallReinvite("edge1", "call-1", T0 + 1, hold=True, by="caller"), 1)
     hold = h.last(SendRequest, acts)
     assert hold.method == "INVITE" and b"<datamode>partial</datamode>" in hold.body
+    # RFC 7865 §6.9: the tuple carries the time of the change (the edge's event time)
+    assert b"<associate-time>2023-11-14T22:13:21" in hold.body
     # two more changes while the hold re-INVITE is pending: nothing goes out (RFC 3261 §14.1)
     acts = h.feed(CallReinvite("edge1", "call-1", T0 + 1.1, hold=False, by="caller"), 0.1)
     acts += h.feed(CallReinvite("edge1", "call-1", T0 + 1.2, hold=True, by="callee"), 0.1)
@@ -383,9 +393,9 @@ def test_operator_pause_resume_stop() -> None:
     assert kinds(acts)[:2] == ["SubscribeAnswer", "EdgeSdp"]
     assert h.last(Reply, acts).ok and h.session().state is State.ESTABLISHED
     acts = h.feed(Operator("stop", 4, "ops@127.0.0.1"), 1)
-    assert kinds(acts) == ["Loss", "SendRequest", "Unsubscribe"]
+    assert kinds(acts) == ["Loss", "Unsubscribe", "SendRequest"]  # the final update
     assert not [a for a in acts if isinstance(a, Reply)]  # answered once the BYE is
-    acts = h.answer(h.last(SendRequest, acts))
+    acts = h.answer(h.last(SendRequest, h.answer(h.last(SendRequest, acts))))
     rep = h.last(Reply, acts)
     assert rep.ok and rep.result["session"]["state"] == "closed"
     assert h.losses() == [("operator_stop", 0.0)]
@@ -505,3 +515,17 @@ def test_late_set_up_records_the_rest_of_the_call_and_counts_the_late_part() -> 
     h.answer(h.last(SendInvite, h.subscribed(acts)))
     assert h.session().state is State.ESTABLISHED
     assert h.losses() == [("setup_late", pytest.approx(3.22, abs=0.01))]
+
+
+def test_a_call_that_ended_while_the_controller_was_down_gets_its_final_update_and_bye() -> None:
+    h = Harness()
+    h.establish()
+    est = h.session()
+    h2 = Harness(selector=SrsSelector({"g": group()}))
+    h2.core.sessions[est.session_id] = est
+    h2.core.had_subscription = True
+    acts = [a for a in h2.core.end_orphaned(T0 + 60) if not isinstance(a, Persist)]
+    assert kinds(acts) == ["DeleteCall", "SendRequest"]
+    final = h2.last(SendRequest, acts)
+    assert final.method == "INVITE" and b"<stop-time>" in final.body
+    assert "Unsubscribe" not in kinds(acts)  # the edge deleted the call: never unsubscribe

@@ -18,7 +18,8 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from orchestrator.controller.dialog import RsDialog, RsReply
+from orchestrator.controller.dialog import RsDialog
+from orchestrator.kamailio.events import RsReply
 from orchestrator.lab.procs import free_port
 from orchestrator.lab.srs import SrsConfig, SrsServer
 from orchestrator.lab.srs.checks import check_request
@@ -58,6 +59,10 @@ def call(session_id: str | None) -> CallInfo:
                     "ft", "tt", sip_session_id=session_id, start_time=T0)
 
 
+OLD_LACKED = {"Supported", "Allow", "Session-ID"}
+OLD_ACCEPT = "application/sdp, application/rs-metadata+xml, application/rs-metadata-request"
+
+
 class Capture:
     """One recording session's requests, as the controller's dialog builds them and
     Kamailio sends them."""
@@ -83,6 +88,12 @@ class Capture:
         names = set()
         for line in block.rstrip("\r\n").split("\r\n"):
             name = line.split(":", 1)[0]
+            if not self.after and name in OLD_LACKED:
+                continue  # what the controller sent before it used siprec.rs
+            if not self.after and name == "Accept":
+                if method != "INVITE" or ";tag=" in block.split("To:", 1)[1].split("\r\n")[0]:
+                    continue  # no Accept on re-INVITEs before
+                line = f"Accept: {OLD_ACCEPT}"
             if name == "From" and method == "INVITE" and ";tag=" not in line:
                 line += ";tag=tm-generated"  # tm adds the From tag to t_uac_wait's INVITE
             override = next((v for n, v in extra if n == name), None)
@@ -99,8 +110,10 @@ class Capture:
                           self.dialog.invite_headers(ctype), body, extra)
 
     def confirm(self, to_tag: str = "srs-tag", contact: str | None = None) -> None:
-        self.dialog.confirm(RsReply(200, "OK", to_tag, "tm-generated",
-                                    contact or self.dialog.remote_uri, "application/sdp", b""))
+        self.dialog.confirm_from(RsReply(
+            edge="e", rs_call_id=self.dialog.call_id, method="INVITE", cseq=1, code=200,
+            reason="OK", to_tag=to_tag, from_tag="tm-generated",
+            contact=f"<{contact or self.dialog.remote_uri}>", content_type="application/sdp"))
         if self.session_id is not None:
             self.session_id = self.session_id.learn(f"{SRS_UUID};remote={self.session_id.local}")
 
