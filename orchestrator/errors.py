@@ -8,6 +8,7 @@ errors (sockets, subprocesses, parsers) are translated at the boundary
     ├── SiteError                  site file: file, line, key path, what was expected
     │   └── SiteErrors             several SiteError at once (all problems of one file)
     ├── RenderError                template or output-directory problems
+    ├── SecretError                a secret/token file: missing, unsafe mode, malformed
     ├── CheckError                 a daemon rejected a rendered config
     ├── NgError                    rtpengine answered result=error (error-reason)
     │   ├── NgOverloaded           result="load limit"
@@ -74,6 +75,10 @@ class SiteErrors(SiteError):
 
 class RenderError(SiprecctlError):
     """Rendering failed (template error, unwritable output)."""
+
+
+class SecretError(SiprecctlError):
+    """A secret or token file is missing, readable by others, or malformed (never its value)."""
 
 
 class CheckError(SiprecctlError):
