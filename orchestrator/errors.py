@@ -19,7 +19,8 @@ errors (sockets, subprocesses, parsers) are translated at the boundary
     ├── KamailioError              Kamailio JSON-RPC / kamcli problems
     │   ├── KamailioRpcError       the RPC returned an error member (code, message)
     │   ├── KamailioUnreachable    transport failure or timeout
-    │   └── EvapiProtocolError     malformed evapi frame or event JSON
+    │   ├── EvapiProtocolError     malformed evapi frame or event JSON
+    │   └── EvapiRefused           the edge accepts another controller (one per site)
     ├── MetadataError              RFC 7865 metadata could not be parsed/built
     ├── SipError                   malformed SIP message, multipart body or SDP
     ├── RecordingError             recording files: unreadable, never modified
@@ -149,6 +150,10 @@ class KamailioUnreachable(KamailioError):
 
 class EvapiProtocolError(KamailioError):
     """A malformed netstring frame or event JSON on an evapi connection."""
+
+
+class EvapiRefused(KamailioError):
+    """The edge refused this controller: another one of the site is connected."""
 
 
 class MetadataError(SiprecctlError):

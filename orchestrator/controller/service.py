@@ -54,6 +54,7 @@ from ..siprec import (
     resume_update,
     with_holds,
 )
+from ..site.secrets import edge_secrets
 from .dialog import (
     SRC_USER,
     RsDialog,
@@ -185,8 +186,9 @@ class Controller:
 
     # ------------------------------------------------------------------ wiring
     def _link(self, edge: Any, backoff: tuple[float, float]) -> EdgeLink:
+        secrets = edge_secrets(self.site, edge.name)  # owner-only files (README "Security")
         rpc = KamailioClient(HttpRpcTransport(
-            f"http://{edge.jsonrpc.address}:{edge.jsonrpc.port}/RPC"))
+            f"http://{edge.jsonrpc.address}:{edge.jsonrpc.port}/RPC", secret=secrets.jsonrpc))
         name = edge.name
 
         def on_event(ev: dict[str, Any]) -> None:
@@ -200,7 +202,7 @@ class Controller:
                 self.executor.submit(f"reconcile:{name}", lambda: self._reconcile_edge(name))
 
         evapi = EvapiClient((edge.evapi.address, edge.evapi.port), on_event, on_state=on_state,
-                            name=name, backoff=backoff)
+                            name=name, backoff=backoff, secret=secrets.evapi)
         ports: dict[str, int] = {}
         host = edge.listen[0].advertise or edge.listen[0].address
         for listen in edge.listen:
@@ -712,7 +714,7 @@ class Controller:
         return self.executor.submit(call_id, fn).result(timeout)
 
     def start_recording(self, call_id: str, *, group: str | None = None,
-                        local: bool = False) -> dict[str, Any]:
+                        local: bool = False, actor: str = "operator") -> dict[str, Any]:
         """Record a live call: SIPREC to ``group`` (default: the site's), and/or locally."""
         def go() -> dict[str, Any]:
             call = self.calls.get(call_id)
@@ -736,7 +738,8 @@ class Controller:
             return out
         return self._run(call_id, go)
 
-    def stop_recording(self, call_id: str, *, local: bool = False) -> dict[str, Any]:
+    def stop_recording(self, call_id: str, *, local: bool = False,
+                       actor: str = "operator") -> dict[str, Any]:
         def go() -> dict[str, Any]:
             out: dict[str, Any] = {"call_id": call_id}
             if local:
@@ -748,7 +751,7 @@ class Controller:
                 out["local"] = "stopped"
             s = self.sessions.get(call_id)
             if s is not None:
-                self._terminate(s, E.STOP, "stopped by the operator")
+                self._terminate(s, E.STOP, f"stopped by {actor}")
                 out["session"] = s.summary()
             elif not local:
                 raise ControllerError(f"call {call_id} has no open recording session")
@@ -761,7 +764,7 @@ class Controller:
                                                          to_tag=s.sub_to_tag)
         return bump_version(with_origin(bytes(sub.sdp), s.offer_sdp))
 
-    def pause(self, call_id: str) -> dict[str, Any]:
+    def pause(self, call_id: str, *, actor: str = "operator") -> dict[str, Any]:
         """RFC 7866 §7.1.1.1 pause: stop the media first (no audio leaks), then a=inactive.
 
         rtpengine 10.5 keeps forking after a ``subscribe answer``/``request`` with
@@ -782,12 +785,12 @@ class Controller:
                 ng.subscribe_answer(call_id, s.sub_to_tag, s.answer_sdp)
                 raise
             s.offer_sdp = offer
-            s.handle(E.PAUSE, "operator")
+            s.handle(E.PAUSE, actor)
             self.store.save(s)
             return s.summary()
         return self._run(call_id, go)
 
-    def resume(self, call_id: str) -> dict[str, Any]:
+    def resume(self, call_id: str, *, actor: str = "operator") -> dict[str, Any]:
         def go() -> dict[str, Any]:
             s = self._session(call_id)
             if s.state is not State.PAUSED:
@@ -801,7 +804,7 @@ class Controller:
             s.offer_sdp = offer
             s.answer_sdp = reply.body or s.answer_sdp
             self.pool.client(s.node).subscribe_answer(call_id, s.sub_to_tag, s.answer_sdp)
-            s.handle(E.RESUME, "operator")
+            s.handle(E.RESUME, actor)
             self.store.save(s)
             return s.summary()
         return self._run(call_id, go)

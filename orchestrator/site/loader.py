@@ -67,20 +67,21 @@ class _Composer(yaml.SafeLoader):
 
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
         event = self.peek_event()
+        line = event.start_mark.line + 1 if event.start_mark is not None else None
         self._nodes += 1
         if self._nodes > MAX_VALUES:
             raise SiteError(f"too many values (more than {MAX_VALUES})", file=self._file,
-                            line=event.start_mark.line + 1)
+                            line=line)
         if isinstance(event, yaml.AliasEvent):
             self._aliases += 1
             if self._aliases > MAX_ALIASES:
                 raise SiteError(f"too many alias expansions (more than {MAX_ALIASES} aliases)",
-                                file=self._file, line=event.start_mark.line + 1)
+                                file=self._file, line=line)
         self._depth += 1
         try:
             if self._depth > MAX_DEPTH:
                 raise SiteError(f"nesting deeper than {MAX_DEPTH} levels", file=self._file,
-                                line=event.start_mark.line + 1)
+                                line=line)
             return super().compose_node(parent, index)  # type: ignore[no-any-return]
         finally:
             self._depth -= 1
