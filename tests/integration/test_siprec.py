@@ -428,7 +428,8 @@ def test_record_cli_uses_the_controller(stack: LabStack) -> None:
 
         def cli(*args: str) -> subprocess.CompletedProcess[str]:
             return subprocess.run([sys.executable, "-m", "orchestrator.cli", "record", *args,
-                                   call.call_id, "--api", stack.api_url, "--json"],
+                                   call.call_id, "--api", stack.api_url, "--site",
+                                   str(stack.site_file), "--json"],
                                   capture_output=True, text=True, timeout=60)
 
         p = cli("pause")
