@@ -201,6 +201,14 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError as exc:
             log.debug("api: reply to %s failed: %s", self.client_address[0], exc)
 
+    def send_error(self, code: int, message: str | None = None,
+                   explain: str | None = None) -> None:
+        """The stdlib's parser errors (bad request line, too many headers…) as JSON, with a
+        status line even for an HTTP/0.9-looking request."""
+        self.request_version = "HTTP/1.1"
+        self.close_connection = True
+        self._send_raw(code, {"error": message or self.responses.get(code, ("error",))[0]})
+
     def _send(self, code: int, doc: Any, ctype: str = "application/json") -> None:
         self._send_raw(code, doc, ctype)
 
@@ -414,8 +422,8 @@ class ApiServer:
         host, port_ = self._server.server_address[:2]
         self.address, self.port = str(host), int(port_)
         self.scheme = "https" if tls is not None else "http"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="api",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.1,),
+                                        name="api", daemon=True)
 
     @property
     def url(self) -> str:
