@@ -212,10 +212,13 @@ class EvapiClient:
             {"cmd": "auth", "secret": self._secret}, separators=(",", ":")).encode()))
         deadline = time.monotonic() + self._auth_timeout
         while time.monotonic() < deadline and not self._stop.is_set():
+            sock.settimeout(max(0.01, min(deadline - time.monotonic(), self._send_timeout)))
             try:
                 data = sock.recv(65536)
             except TimeoutError:
                 continue
+            finally:
+                sock.settimeout(self._send_timeout)
             if not data:
                 raise KamailioUnreachable("the edge closed the connection during "
                                           "authentication")

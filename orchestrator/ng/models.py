@@ -21,7 +21,8 @@ __all__ = ["CallInfo", "MediaLabel", "Reply", "SdpReply", "Subscription", "TagIn
            "TagMedias"]
 
 _MISSING: Any = object()
-_KINDS = {bytes: "a string", int: "an integer", dict: "a dictionary", list: "a list"}
+_KINDS = {bytes: "a string", str: "a string", int: "an integer", float: "a number",
+          dict: "a dictionary", list: "a list", bool: "a boolean"}
 
 
 def _kind(v: Any) -> str:
