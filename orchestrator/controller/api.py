@@ -157,8 +157,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._timer = threading.Timer(srv.request_timeout, _expire, args=(raw,))
         self._timer.daemon = True
         self._timer.start()
-        self._plain_on_tls_port = False
         self._tls_on_plain_port = False
+        # what the stdlib's logging needs before a request line was parsed
+        self.requestline, self.command, self.request_version = "", "", "HTTP/1.1"
         if srv.tls is not None:
             self.request = srv.tls.wrap_socket(raw, server_side=True)
         else:

@@ -350,6 +350,12 @@ def test_tls_client_hello_on_the_plain_port(api: tuple[ApiServer, Stub]) -> None
     assert time.monotonic() - t0 < 2.0
 
 
+def test_raw_client_hello_gets_a_plain_400(api: tuple[ApiServer, Stub]) -> None:
+    hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(64)
+    reply, took = raw(api[0], hello)
+    assert status(reply) == 400 and b"plain HTTP, not TLS" in reply and took < 1.0
+
+
 def test_connect_and_close_is_harmless(api: tuple[ApiServer, Stub]) -> None:
     server, stub = api
     for _ in range(20):
