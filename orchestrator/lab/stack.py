@@ -25,6 +25,8 @@ from .srs import SrsConfig, SrsServer
 
 __all__ = ["LabStack"]
 
+_LAB_MARK = "# written by siprecctl lab (the site the lab's controller reads)\n"
+
 
 class LabStack:
     """Start with :meth:`start` (or as a context manager); stop with :meth:`stop`."""
@@ -62,8 +64,12 @@ class LabStack:
         self.rendered = render_site(self.site)
         write(self.cfgdir, self.rendered, site=self.site)
         ensure_secrets(self.site)
-        self.site_file.write_text(yaml.safe_dump(self.site.model_dump(mode="json",
-                                                                      exclude_none=True)))
+        text = _LAB_MARK + yaml.safe_dump(self.site.model_dump(mode="json", exclude_none=True))
+        if self.site_file.exists() and not self.site_file.read_text(
+                errors="replace").startswith(_LAB_MARK):
+            raise LabError(f"{self.site_file} exists and was not written by the lab: choose "
+                           "another workdir")
+        self.site_file.write_text(text)
         return self.rendered
 
     def start(self) -> LabStack:

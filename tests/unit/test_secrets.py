@@ -173,3 +173,27 @@ def test_serve_store_inside_recordings_is_refused(tmp_path: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     rc = main(["serve", "--store", "/var/spool/siprecctl/state.sqlite"])
     assert rc == 2 and "inside the recording directory" in capsys.readouterr().err
+
+
+def test_recordings_index_never_inside_the_recording_dir(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rec = tmp_path / "spool"
+    rec.mkdir()
+    rc = main(["recordings", "collect", str(rec), "--index", str(rec / "index.sqlite")])
+    assert rc == 2 and "inside the recording directory" in capsys.readouterr().err
+    assert list(rec.iterdir()) == []
+
+
+def test_lab_keeps_a_site_file_it_did_not_write(tmp_path: Path) -> None:
+    from orchestrator.errors import LabError
+    from orchestrator.lab.stack import LabStack
+
+    mine = tmp_path / "site.yaml"
+    mine.write_text("name: my own site\n")
+    with pytest.raises(LabError, match="was not written by the lab"):
+        LabStack(load(), tmp_path, controller=False).render()
+    assert mine.read_text() == "name: my own site\n"
+    other = tmp_path / "again"
+    LabStack(load(), other, controller=False).render()
+    LabStack(load(), other, controller=False).render()  # its own: rendered again
+    assert (other / "site.yaml").read_text().startswith("# written by siprecctl lab")
