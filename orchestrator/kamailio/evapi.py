@@ -99,8 +99,10 @@ class EvapiClient:
     to other threads). ``on_state(connected)`` reports connection changes. :meth:`send` is
     thread-safe, waits at most ``send_timeout`` (for the lock and for the socket) and raises
     :class:`KamailioUnreachable` while disconnected; a send that times out drops the
-    connection, which is then re-established. When the edge refuses this client because
-    another controller is connected, the client stops and :attr:`refused` says why.
+    connection, which is then re-established. When the edge refuses this client's first
+    connection because another controller is connected, the client stops and
+    :attr:`refused` says why; a refused *re*connection is retried (the edge may still hold
+    this client's previous connection).
     """
 
     def __init__(self, addr: tuple[str, int], on_event: Callable[[dict[str, Any]], None], *,
@@ -253,12 +255,18 @@ class EvapiClient:
             try:
                 pending = self._authenticate(sock, decoder)
             except EvapiRefused as exc:
-                log.error("evapi %s: %s", self.name, exc)
-                self.refused = exc
-                self._settled.set()
-                self._stop.set()
                 sock.close()
-                return
+                if first:  # another controller holds the edge: this one must not run
+                    log.error("evapi %s: %s", self.name, exc)
+                    self.refused = exc
+                    self._settled.set()
+                    self._stop.set()
+                    return
+                # we were the controller: the edge may still hold our old connection (it
+                # notices a vanished peer only when the peer's FIN arrives): keep trying
+                log.error("evapi %s: %s (retry in %.1f s)", self.name, exc, self._backoff[1])
+                self._stop.wait(self._backoff[1])
+                continue
             except (OSError, KamailioUnreachable, EvapiProtocolError) as exc:
                 log.error("evapi %s: %s:%d: %s (retry in %.1f s)", self.name, *self.addr,
                           exc, delay)

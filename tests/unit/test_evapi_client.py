@@ -161,3 +161,30 @@ def test_send_to_a_peer_that_stopped_reading_times_out_and_reconnects(
         assert c.reconnects >= 1
     finally:
         c.close()
+
+
+def test_refused_reconnection_is_retried(peers: list[Peer]) -> None:
+    """Once connected, a refusal on reconnection is the edge still holding our old
+    connection: keep trying instead of stopping."""
+    def script(conn: socket.socket, first: dict) -> None:
+        if p.accepted == 1:
+            send_event(conn, {"event": "auth", "result": "ok"})
+            time.sleep(0.2)
+            conn.close()  # the connection is lost
+        elif p.accepted == 2:
+            send_event(conn, {"event": "auth", "result": "refused", "reason": "busy"})
+        else:
+            send_event(conn, {"event": "auth", "result": "ok"})
+            time.sleep(5)
+
+    peers.append(p := Peer(script))
+    c = client(p, [])
+    try:
+        assert c.wait_connected(3)
+        deadline = time.monotonic() + 5
+        while p.accepted < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert p.accepted >= 3 and c.refused is None
+        assert c.wait_connected(3)
+    finally:
+        c.close()
