@@ -160,12 +160,16 @@ class _Handler(BaseHTTPRequestHandler):
         self._tls_on_plain_port = False
         # what the stdlib's logging needs before a request line was parsed
         self.requestline, self.command, self.request_version = "", "", "HTTP/1.1"
-        if srv.tls is not None:
-            self.request = srv.tls.wrap_socket(raw, server_side=True)
-        else:
-            first = raw.recv(1, socket.MSG_PEEK)
-            self._tls_on_plain_port = first == b"\x16"  # a TLS handshake record
-        super().setup()
+        try:
+            if srv.tls is not None:
+                self.request = srv.tls.wrap_socket(raw, server_side=True)
+            else:
+                first = raw.recv(1, socket.MSG_PEEK)
+                self._tls_on_plain_port = first == b"\x16"  # a TLS handshake record
+            super().setup()
+        except BaseException:
+            self._timer.cancel()  # finish() is not called when setup fails
+            raise
 
     def finish(self) -> None:
         self._timer.cancel()

@@ -394,6 +394,12 @@ def test_tls_api(cert: tuple[str, str]) -> None:
         reply, took = raw(server, post("/calls/c1/stop", b"{}", cl(b"{}")))
         assert status(reply) == 0 and took < 3
         assert len(stub.calls) == 1
+        # failed handshakes leave no watchdog behind
+        before = threading.active_count()
+        for _ in range(30):
+            raw(server, b"GET / HTTP/1.1\r\n\r\n")
+        time.sleep(0.2)
+        assert threading.active_count() <= before + 2
     finally:
         server.close()
 
