@@ -133,7 +133,7 @@ def main() -> int:
         cwd = sipp.workdir(work / "sipp")
         edge = site.edges[0]
         uas = sipp.uas(cwd, *trunk_addr(edge.trunk_default.uri))
-        events = EventReader((edge.evapi.address, edge.evapi.port))
+        events = EventReader.for_edge(stack.site, edge)
         events.start()
         time.sleep(0.3)
         try:

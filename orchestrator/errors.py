@@ -8,6 +8,7 @@ errors (sockets, subprocesses, parsers) are translated at the boundary
     ├── SiteError                  site file: file, line, key path, what was expected
     │   └── SiteErrors             several SiteError at once (all problems of one file)
     ├── RenderError                template or output-directory problems
+    ├── SecretError                a secret/token file: missing, unsafe mode, malformed
     ├── CheckError                 a daemon rejected a rendered config
     ├── NgError                    rtpengine answered result=error (error-reason)
     │   ├── NgOverloaded           result="load limit"
@@ -18,7 +19,8 @@ errors (sockets, subprocesses, parsers) are translated at the boundary
     ├── KamailioError              Kamailio JSON-RPC / kamcli problems
     │   ├── KamailioRpcError       the RPC returned an error member (code, message)
     │   ├── KamailioUnreachable    transport failure or timeout
-    │   └── EvapiProtocolError     malformed evapi frame or event JSON
+    │   ├── EvapiProtocolError     malformed evapi frame or event JSON
+    │   └── EvapiRefused           the edge accepts another controller (one per site)
     ├── MetadataError              RFC 7865 metadata could not be parsed/built
     ├── SipError                   malformed SIP message, multipart body or SDP
     ├── RecordingError             recording files: unreadable, never modified
@@ -74,6 +76,10 @@ class SiteErrors(SiteError):
 
 class RenderError(SiprecctlError):
     """Rendering failed (template error, unwritable output)."""
+
+
+class SecretError(SiprecctlError):
+    """A secret or token file is missing, readable by others, or malformed (never its value)."""
 
 
 class CheckError(SiprecctlError):
@@ -144,6 +150,10 @@ class KamailioUnreachable(KamailioError):
 
 class EvapiProtocolError(KamailioError):
     """A malformed netstring frame or event JSON on an evapi connection."""
+
+
+class EvapiRefused(KamailioError):
+    """The edge refused this controller: another one of the site is connected."""
 
 
 class MetadataError(SiprecctlError):

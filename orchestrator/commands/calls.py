@@ -78,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
                 info = CallInfo(call_id, r)
                 subs = info.subscribers
                 rows.append({"node": name, "call_id": call_id,
-                             "age_s": round(now - info.created, 1),
+                             "age_s": None if info.created is None
+                             else round(now - info.created, 1),
                              "legs": len(info.legs), "packets": info.packets,
                              "recording": recording_state(rec_dir, call_id),
                              "siprec_subscriptions": len(subs),
@@ -90,7 +91,9 @@ def run(args: argparse.Namespace) -> int:
             return "?" if v is None else ("on" if v else "off")
 
         print_table(["node", "call-id", "age", "legs", "packets", "recording", "SIPREC"],
-                    [(r["node"], r["call_id"], f"{r['age_s']:.0f} s", r["legs"], r["packets"],
+                    [(r["node"], r["call_id"],
+                      "unknown" if r["age_s"] is None else f"{r['age_s']:.0f} s",
+                      r["legs"], r["packets"],
                       onoff(r["recording"]), r["siprec_subscriptions"]) for r in rows],
                     title=f"{len(rows)} active calls")
     return code

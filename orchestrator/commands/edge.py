@@ -43,6 +43,8 @@ def _target_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--edge", metavar="NAME", help="only this edge of the site")
     g.add_argument("--jsonrpc", metavar="URL", help="JSON-RPC URL, e.g. http://127.0.0.1:5071/RPC")
     g.add_argument("--kamcli", metavar="INI", help="use kamcli with this kamcli.ini instead")
+    g.add_argument("--secret-file", metavar="PATH",
+                   help="with --jsonrpc: the edge's jsonrpc-<edge>.secret (owner-only file)")
     g.add_argument("--timeout", type=float, default=5.0, metavar="S")
 
 
@@ -64,7 +66,13 @@ def _clients(args: argparse.Namespace) -> tuple[list[tuple[str, Any]], Any]:
         if args.site or args.edge:
             raise UsageError("--jsonrpc/--kamcli talk to one Kamailio; do not combine "
                              "with --site/--edge")
-        t: Any = HttpRpcTransport(args.jsonrpc) if args.jsonrpc else KamcliTransport(args.kamcli)
+        if args.secret_file and not args.jsonrpc:
+            raise UsageError("--secret-file goes with --jsonrpc")
+        from ..site.secrets import load_secret
+
+        t: Any = (HttpRpcTransport(args.jsonrpc, secret=load_secret(args.secret_file)
+                                   if args.secret_file else None)
+                  if args.jsonrpc else KamcliTransport(args.kamcli))
         return [(args.jsonrpc or args.kamcli, KamailioClient(t, timeout=args.timeout))], None
     from ..site import load
 
@@ -72,9 +80,8 @@ def _clients(args: argparse.Namespace) -> tuple[list[tuple[str, Any]], Any]:
     edges = [e for e in site.edges if not args.edge or e.name == args.edge]
     if not edges:
         raise UsageError(f"--edge: no edge {args.edge!r} in site {site.name}")
-    return [(e.name, KamailioClient(HttpRpcTransport(
-        f"http://{e.jsonrpc.address}:{e.jsonrpc.port}/RPC"), timeout=args.timeout, name=e.name))
-        for e in edges], site
+    return [(e.name, KamailioClient(HttpRpcTransport.for_edge(site, e), timeout=args.timeout,
+                                    name=e.name)) for e in edges], site
 
 
 def _node_names(site: Any) -> dict[str, str]:

@@ -192,8 +192,9 @@ def run_query(args: argparse.Namespace) -> int:
 def _print_call(node: str, info: Any) -> None:
     from ._output import print_table
 
-    age = time.time() - info.created
-    print(f"call {info.call_id} on {node}: age {age:.0f} s, {len(info.legs)} legs, "
+    age = info.age(time.time())
+    shown = "unknown" if age is None else f"{age:.0f} s"
+    print(f"call {info.call_id} on {node}: age {shown}, {len(info.legs)} legs, "
           f"{info.packets} RTP packets, {len(info.subscribers)} subscribers")
     print_table(["tag", "label", "role", "packets", "receives from", "sends to"],
                 [(t.tag, t.label or "", "subscriber" if t.is_subscriber else "leg", t.packets,

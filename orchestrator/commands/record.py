@@ -32,6 +32,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         g = p.add_argument_group("controller")
         g.add_argument("--api", metavar="URL",
                        help="controller API (default: the site's controller.api)")
+        g.add_argument("--token-file", metavar="PATH",
+                       help="API bearer token (default: the site's first operator token)")
         g.add_argument("--direct", action="store_true",
                        help="talk to rtpengine directly even if a controller runs")
         if action in ("start", "stop"):
@@ -47,21 +49,35 @@ def configure(parser: argparse.ArgumentParser) -> None:
         p.set_defaults(func=lambda a: run_guarded(run, a), action=action)
 
 
-def _api_url(args: argparse.Namespace) -> str:
-    if args.api:
-        return str(args.api).rstrip("/")
+def _api_target(args: argparse.Namespace) -> Any:
+    """The controller API and its operator token (read from an owner-only file); None when
+    no token file exists and no --api was given (no controller ever ran here: direct mode)."""
+    from ..controller.client import ApiTarget, api_target
+    from ..errors import SecretError
     from ..site import load
+    from ..site.secrets import load_secret
 
-    api = load(args.site).controller.api
-    return f"http://{api.address}:{api.port}"
+    url = str(args.api).rstrip("/") if args.api else None
+    if args.token_file:
+        api = None if url else load(args.site).controller.api
+        if api is not None:
+            url = f"{'https' if api.tls else 'http'}://{api.address}:{api.port}"
+        return ApiTarget(str(url), load_secret(args.token_file),
+                         api.tls.certificate if api is not None and api.tls else None)
+    try:
+        return api_target(load(args.site), url=url)
+    except SecretError:
+        if url:
+            raise
+        return None
 
 
-def _controller_up(url: str) -> bool:
+def _controller_up(target: Any) -> bool:
     from ..controller.client import api_request
     from ..errors import ControllerUnreachable
 
     try:
-        api_request(url, "GET", "/health", timeout=1.0)
+        api_request(target, "GET", "/health", timeout=1.0)
         return True
     except ControllerUnreachable:
         return False
@@ -73,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "metadata", None) is not None and not args.metadata:
         raise UsageError("--metadata must not be empty")
     # an explicit rtpengine (--ng/--node) means direct mode
-    url = None if (args.direct or args.ng or args.node) else _api_url(args)
+    url = None if (args.direct or args.ng or args.node) else _api_target(args)
     if url is not None and (args.api or _controller_up(url)):
         body: dict[str, Any] = {}
         if args.action in ("start", "stop"):
@@ -94,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.action in ("pause", "resume"):
         raise ControllerUnreachable(f"record {args.action} needs a running controller "
-                                  f"(no API at {url or '--api'}; not with --direct)")
+                                  f"(no API at {url.url if url else '--api'}; not with "
+                                  "--direct)")
     return _direct(args)
 
 

@@ -57,6 +57,11 @@ def run_collect(args: argparse.Namespace) -> int:
     if not args.directory.is_dir():
         print(f"siprecctl: cannot read {args.directory}: not a directory", file=sys.stderr)
         return 2
+    index_path = (args.index or default_index_path()).resolve()
+    if args.directory.resolve() in index_path.parents:
+        print(f"siprecctl: --index {args.index} is inside the recording directory "
+              f"{args.directory}: siprecctl never writes there", file=sys.stderr)
+        return 2
     results: list[dict[str, Any]] = []
 
     def report(batch: list[Any]) -> None:

@@ -13,6 +13,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True, type=Path, help="output directory")
     parser.add_argument("--check", action="store_true",
                         help="write nothing; show a diff and exit 1 when DIR is stale")
+    parser.add_argument("--force", action="store_true",
+                        help="replace files in DIR that siprecctl did not render (or that "
+                             "were edited since)")
+    parser.add_argument("--secrets", action="store_true",
+                        help="also create the site's missing secrets and write each edge's "
+                             "Kamailio secrets include (in security.secrets_dir)")
     parser.set_defaults(func=run)
 
 
@@ -20,7 +26,8 @@ def run(args: argparse.Namespace) -> int:
     from ..render import render_site, stale_diff, write
     from ..site import load
 
-    files = render_site(load(args.site))
+    site = load(args.site)
+    files = render_site(site)
     if args.check:
         diff = stale_diff(args.output, files)
         if diff:
@@ -30,6 +37,11 @@ def run(args: argparse.Namespace) -> int:
             return 1
         print(f"{args.output}: up to date ({len(files)} files)")
         return 0
-    for path in write(args.output, files):
+    for path in write(args.output, files, force=args.force, site=site):
         print(f"wrote {path}")
+    if args.secrets:
+        from ..render import ensure_secrets
+
+        for line in ensure_secrets(site):
+            print(line)
     return 0

@@ -1,8 +1,11 @@
 """``siprecctl serve [SITE]``: the recording controller, until SIGINT/SIGTERM.
 
-Connects to every edge's evapi socket, reconciles its state store with Kamailio's dialogs
-and rtpengine, then records calls as the site's policy says (SIPREC to SRS groups) and
-serves the HTTP API + ``/metrics`` on ``controller.api``.
+Creates the site's missing secrets (API tokens, the edges' evapi/JSON-RPC secrets: first
+use), connects to every edge's evapi socket with its secret, reconciles its state store
+with Kamailio's dialogs and rtpengine, then records calls as the site's policy says (SIPREC
+to SRS groups) and serves the HTTP API + ``/metrics`` on ``controller.api`` (bearer tokens,
+optional TLS). One controller per site: when an edge already has another controller, this
+one exits 1 saying so.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import signal
 import sys
 import threading
 from types import FrameType
+from typing import Any
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -50,8 +54,19 @@ def _guarded(args: argparse.Namespace) -> int:
     return run_guarded(run, args)
 
 
+def _refused(controller: Any) -> None:
+    """Raise the first edge's refusal (another controller of the site is connected)."""
+    for link in controller.edges.values():
+        if link.evapi.refused is not None:
+            raise link.evapi.refused
+
+
 def run(args: argparse.Namespace) -> int:
     from ..controller import ApiServer, Controller, SessionStore
+    from ..controller.api import tls_context
+    from ..controller.auth import TokenAuth
+    from ..errors import ControllerError
+    from ..render import ensure_secrets
     from ..site import load
 
     logging.basicConfig(level=getattr(logging, args.log_level), stream=sys.stderr,
@@ -59,6 +74,13 @@ def run(args: argparse.Namespace) -> int:
     site = load(args.site)
     address, port = (_addr(args.api) if args.api
                      else (site.controller.api.address, site.controller.api.port))
+    if args.store:
+        _outside_recordings(site, args.store)
+    for line in ensure_secrets(site):
+        logging.getLogger("siprecctl.serve").warning("%s", line)
+    auth = TokenAuth.from_site(site)
+    tls = site.controller.api.tls
+    tls_ctx = tls_context(tls.certificate, tls.private_key) if tls else None
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -68,15 +90,36 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     store = SessionStore(args.store or site.controller.store)
     controller = Controller(site, store=store)
-    api = ApiServer(controller, address, port)
+    try:
+        api = ApiServer(controller, address, port, auth=auth, tls=tls_ctx)
+    except OSError as exc:
+        controller.close()
+        raise ControllerError(f"cannot listen on {address}:{port} for the API: "
+                              f"{exc.strerror} (is another siprecctl serve running?)") from None
     api.start()
     try:
-        controller.start(reconcile=not args.no_reconcile)
+        # refused by an edge (another controller of the site)? then exit before touching
+        # anything: reconciliation would act on that controller's sessions
+        controller.start(reconcile=False)
+        _refused(controller)
+        if not args.no_reconcile:
+            controller.reconcile()
         print(f"siprecctl serve: site {site.name}, API {api.url}, store {store.path}",
               file=sys.stderr, flush=True)
         while not stop.wait(0.5):
-            pass
+            _refused(controller)
     finally:
         api.close()
         controller.close()
     return 0
+
+
+def _outside_recordings(site: Any, store: str) -> None:
+    from pathlib import Path
+
+    from .ng import UsageError
+
+    rec = Path(site.media.recording.dir).resolve()
+    if rec == Path(store).resolve() or rec in Path(store).resolve().parents:
+        raise UsageError(f"--store {store} is inside the recording directory {rec}: siprecctl "
+                         "never writes there")

@@ -51,6 +51,7 @@ from ..kamailio.events import (
 from ..kamailio.rpc import HttpRpcTransport, KamailioClient
 from ..ng.pool import NodePool
 from ..site.model import Site
+from ..site.secrets import edge_secrets
 from .core import CallCore
 from .dialog import options_headers
 from .messages import (
@@ -183,8 +184,9 @@ class Controller:
 
     # ------------------------------------------------------------------ wiring
     def _link(self, edge: Any, backoff: tuple[float, float]) -> EdgeLink:
+        secrets = edge_secrets(self.site, edge.name)  # owner-only files (README "Security")
         rpc = KamailioClient(HttpRpcTransport(
-            f"http://{edge.jsonrpc.address}:{edge.jsonrpc.port}/RPC"))
+            f"http://{edge.jsonrpc.address}:{edge.jsonrpc.port}/RPC", secret=secrets.jsonrpc))
         name = edge.name
 
         def on_event(doc: dict[str, Any]) -> None:
@@ -199,7 +201,7 @@ class Controller:
                                  name=f"reconcile-{name}").start()
 
         evapi = EvapiClient((edge.evapi.address, edge.evapi.port), on_event, on_state=on_state,
-                            name=name, backoff=backoff)
+                            name=name, backoff=backoff, secret=secrets.evapi)
         ports: dict[str, int] = {}
         host = edge.listen[0].advertise or edge.listen[0].address
         for listen in edge.listen:

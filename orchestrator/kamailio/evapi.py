@@ -4,6 +4,11 @@ The generated config sets ``netstring_format 1``: each event Kamailio relays is 
 ``<len>:<json>,`` and commands sent back are parsed the same way, so commands written
 back-to-back are split correctly even when TCP delivers them in one read (evapi 5.6 loops
 over the netstrings in its buffer; without netstrings one read is one message).
+
+Authentication (README "Security"): the client's first message is
+``{"cmd":"auth","secret":…}``; the edge answers ``{"event":"auth","result":"ok"}`` to the
+one controller it accepts, ``"refused"`` (with a ``reason``) to any other while that one is
+connected, and nothing at all to a wrong secret.
 """
 
 from __future__ import annotations
@@ -13,10 +18,11 @@ import json
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import EvapiProtocolError, KamailioUnreachable
+from ..errors import EvapiProtocolError, EvapiRefused, KamailioUnreachable
 
 __all__ = ["EvapiClient", "NetstringDecoder", "encode_netstring"]
 
@@ -87,27 +93,38 @@ def decode_event(payload: bytes) -> dict[str, Any]:
 
 
 class EvapiClient:
-    """One TCP connection to an edge's evapi socket, kept up with backoff.
+    """One TCP connection to an edge's evapi socket, authenticated, kept up with backoff.
 
     ``on_event(event)`` runs in the reader thread for every event (keep it short: hand work
     to other threads). ``on_state(connected)`` reports connection changes. :meth:`send` is
-    thread-safe and raises :class:`KamailioUnreachable` while disconnected.
+    thread-safe, waits at most ``send_timeout`` (for the lock and for the socket) and raises
+    :class:`KamailioUnreachable` while disconnected; a send that times out drops the
+    connection, which is then re-established. When the edge refuses this client's first
+    connection because another controller is connected, the client stops and
+    :attr:`refused` says why; a refused *re*connection is retried (the edge may still hold
+    this client's previous connection).
     """
 
     def __init__(self, addr: tuple[str, int], on_event: Callable[[dict[str, Any]], None], *,
-                 on_state: Callable[[bool], None] | None = None, name: str = "evapi",
-                 connect_timeout: float = 2.0, backoff: tuple[float, float] = (0.1, 5.0)) -> None:
+                 secret: str | None = None, on_state: Callable[[bool], None] | None = None,
+                 name: str = "evapi", connect_timeout: float = 2.0, send_timeout: float = 2.0,
+                 auth_timeout: float = 5.0, backoff: tuple[float, float] = (0.1, 5.0)) -> None:
         self.addr = addr
         self.name = name
+        self._secret = secret
         self._on_event = on_event
         self._on_state = on_state
         self._connect_timeout = connect_timeout
+        self._send_timeout = send_timeout
+        self._auth_timeout = auth_timeout
         self._backoff = backoff
         self._sock: socket.socket | None = None
         self._send_lock = threading.Lock()
         self._stop = threading.Event()
         self._connected = threading.Event()
+        self._settled = threading.Event()  # connected, or refused for good
         self._thread: threading.Thread | None = None
+        self.refused: EvapiRefused | None = None
         self.reconnects = 0
         self.malformed = 0
 
@@ -120,55 +137,143 @@ class EvapiClient:
         self._thread.start()
 
     def wait_connected(self, timeout: float) -> bool:
-        return self._connected.wait(timeout)
+        """True once connected (and authenticated); False on timeout or refusal."""
+        self._settled.wait(timeout)
+        return self._connected.is_set()
 
     def send(self, command: dict[str, Any]) -> None:
         """Send one JSON command (one netstring)."""
         frame = encode_netstring(json.dumps(command, separators=(",", ":")).encode())
-        with self._send_lock:
+        where = f"evapi {self.addr[0]}:{self.addr[1]}"
+        if not self._send_lock.acquire(timeout=self._send_timeout):
+            raise KamailioUnreachable(f"{where}: another send is blocked for more than "
+                                      f"{self._send_timeout:g} s")
+        try:
             sock = self._sock
             if sock is None or not self._connected.is_set():
-                raise KamailioUnreachable(f"evapi {self.addr[0]}:{self.addr[1]} not connected")
+                raise KamailioUnreachable(f"{where} not connected")
             try:
                 sock.sendall(frame)
             except OSError as exc:
-                raise KamailioUnreachable(f"evapi {self.addr[0]}:{self.addr[1]}: {exc}") from exc
+                # a partial frame may have gone out: this connection cannot be used again
+                self._drop(sock)
+                why = "Kamailio is not reading" if isinstance(exc, TimeoutError) else str(exc)
+                raise KamailioUnreachable(f"{where}: send failed ({why}); reconnecting") \
+                    from exc
+        finally:
+            self._send_lock.release()
 
     def close(self) -> None:
         self._stop.set()
         sock = self._sock
         if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+            self._drop(sock)
             sock.close()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(2.0)
 
+    @staticmethod
+    def _drop(sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
     def _set_state(self, up: bool) -> None:
         if up:
             self._connected.set()
+            self._settled.set()
         else:
             self._connected.clear()
+            if self.refused is None:
+                self._settled.clear()
         if self._on_state is not None:
             try:
                 self._on_state(up)
             except Exception:  # a metrics hook must not kill the reader
                 log.exception("evapi %s: state callback failed", self.name)
 
+    def _connect(self) -> socket.socket:
+        sock = socket.create_connection(self.addr, timeout=self._connect_timeout)
+        # every blocking call on this socket (sendall above, recv below) is bounded
+        sock.settimeout(self._send_timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # a vanished edge (no FIN) is noticed in about 20 s
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for opt, val in (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 2)):
+            if hasattr(socket, opt):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), val)
+        return sock
+
+    def _authenticate(self, sock: socket.socket, decoder: NetstringDecoder) -> list[bytes]:
+        """Send the secret; return the frames that followed the edge's "ok" (normally none).
+        Raises :class:`EvapiRefused` when another controller holds the edge, and
+        :class:`KamailioUnreachable` when no answer comes (wrong secret, or a config
+        without evapi authentication)."""
+        if self._secret is None:
+            return []
+        sock.sendall(encode_netstring(json.dumps(
+            {"cmd": "auth", "secret": self._secret}, separators=(",", ":")).encode()))
+        deadline = time.monotonic() + self._auth_timeout
+        while time.monotonic() < deadline and not self._stop.is_set():
+            sock.settimeout(max(0.01, min(deadline - time.monotonic(), self._send_timeout)))
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                continue
+            finally:
+                sock.settimeout(self._send_timeout)
+            if not data:
+                raise KamailioUnreachable("the edge closed the connection during "
+                                          "authentication")
+            frames = decoder.feed(data)
+            if not frames:
+                continue
+            ev = decode_event(frames[0])
+            if ev.get("event") != "auth":
+                raise EvapiProtocolError(f"evapi: expected the auth answer, got "
+                                         f"{str(ev.get('event'))[:40]!r}")
+            if ev.get("result") == "ok":
+                return frames[1:]
+            raise EvapiRefused(f"edge {ev.get('edge', self.name)} refused this controller: "
+                               f"{str(ev.get('reason', ev.get('result')))[:300]}")
+        raise KamailioUnreachable(f"no answer to the evapi authentication in "
+                                  f"{self._auth_timeout:g} s (wrong secret, or a kamailio.cfg "
+                                  f"rendered before evapi authentication?)")
+
     def _run(self) -> None:
         delay = self._backoff[0]
         first = True
         while not self._stop.is_set():
             try:
-                sock = socket.create_connection(self.addr, timeout=self._connect_timeout)
+                sock = self._connect()
             except OSError as exc:
                 log.warning("evapi %s: cannot connect to %s:%d: %s (retry in %.1f s)",
                             self.name, *self.addr, exc, delay)
                 self._stop.wait(delay)
                 delay = min(delay * 2, self._backoff[1])
                 continue
-            sock.settimeout(None)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            decoder = NetstringDecoder()
+            try:
+                pending = self._authenticate(sock, decoder)
+            except EvapiRefused as exc:
+                sock.close()
+                if first:  # another controller holds the edge: this one must not run
+                    log.error("evapi %s: %s", self.name, exc)
+                    self.refused = exc
+                    self._settled.set()
+                    self._stop.set()
+                    return
+                # we were the controller: the edge may still hold our old connection (it
+                # notices a vanished peer only when the peer's FIN arrives): keep trying
+                log.error("evapi %s: %s (retry in %.1f s)", self.name, exc, self._backoff[1])
+                self._stop.wait(self._backoff[1])
+                continue
+            except (OSError, KamailioUnreachable, EvapiProtocolError) as exc:
+                log.error("evapi %s: %s:%d: %s (retry in %.1f s)", self.name, *self.addr,
+                          exc, delay)
+                sock.close()
+                self._stop.wait(delay)
+                delay = min(delay * 2, self._backoff[1])
+                continue
             self._sock = sock
             if not first:
                 self.reconnects += 1
@@ -176,19 +281,35 @@ class EvapiClient:
             delay = self._backoff[0]
             log.info("evapi %s: connected to %s:%d", self.name, *self.addr)
             self._set_state(True)
-            self._read(sock)
+            self._deliver(pending)
+            self._read(sock, decoder)
             self._set_state(False)
+            self._sock = None  # a send racing with this fails on the closed socket
             with contextlib.suppress(OSError):
                 sock.close()
-            self._sock = None
             if not self._stop.is_set():
                 log.warning("evapi %s: connection to %s:%d lost", self.name, *self.addr)
 
-    def _read(self, sock: socket.socket) -> None:
-        decoder = NetstringDecoder()
+    def _deliver(self, frames: list[bytes]) -> None:
+        for frame in frames:
+            try:
+                event = decode_event(frame)
+            except EvapiProtocolError as exc:
+                self.malformed += 1
+                log.error("%s", exc)
+                continue
+            try:
+                self._on_event(event)
+            except Exception:
+                log.exception("evapi %s: event handler failed for %s", self.name,
+                              event.get("event"))
+
+    def _read(self, sock: socket.socket, decoder: NetstringDecoder) -> None:
         while not self._stop.is_set():
             try:
                 data = sock.recv(65536)
+            except TimeoutError:
+                continue  # idle: TCP keepalive notices a dead peer
             except OSError:
                 return
             if not data:
@@ -199,16 +320,4 @@ class EvapiClient:
                 self.malformed += 1
                 log.error("%s; dropping the connection", exc)
                 return
-            for frame in frames:
-                try:
-                    event = decode_event(frame)
-                except EvapiProtocolError as exc:
-                    self.malformed += 1
-                    log.error("%s", exc)
-                    continue
-                try:
-                    self._on_event(event)
-                except Exception:
-                    log.exception("evapi %s: event handler failed for %s", self.name,
-                                  event.get("event"))
-
+            self._deliver(frames)

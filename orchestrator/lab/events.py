@@ -2,29 +2,60 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from ..kamailio.evapi import NetstringDecoder, decode_event
+from ..errors import LabError
+from ..kamailio.evapi import NetstringDecoder, decode_event, encode_netstring
 
 Event = dict[str, Any]
 
 
 class EventReader(threading.Thread):
-    """Collects events in the background; ``wait_for`` blocks until one matches."""
+    """Collects events in the background; ``wait_for`` blocks until one matches.
 
-    def __init__(self, addr: tuple[str, int], timeout: float = 5.0) -> None:
+    It authenticates as an evapi *observer* with the edge's ``secret`` (events only, no
+    commands, beside the controller) and returns once the edge confirmed it."""
+
+    def __init__(self, addr: tuple[str, int], secret: str, timeout: float = 5.0) -> None:
         super().__init__(daemon=True)
         self.sock = socket.create_connection(addr, timeout=timeout)
+        self.sock.sendall(encode_netstring(json.dumps(
+            {"cmd": "auth", "secret": secret, "role": "observer"}).encode()))
+        self._decoder = NetstringDecoder()
+        frames: list[bytes] = []
+        deadline = time.monotonic() + timeout
+        while not frames:
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                data = b""
+            if not data:
+                self.sock.close()
+                raise LabError(f"evapi {addr[0]}:{addr[1]}: no auth answer (wrong secret?)")
+            frames = self._decoder.feed(data)
+        first = decode_event(frames[0])
+        if first.get("event") != "auth" or first.get("result") != "ok":
+            self.sock.close()
+            raise LabError(f"evapi {addr[0]}:{addr[1]}: observer refused: {first}")
         self.sock.settimeout(None)
-        self.events: list[Event] = []
+        self.events: list[Event] = [decode_event(f) for f in frames[1:]]
         self.cond = threading.Condition()
 
+    @classmethod
+    def for_edge(cls, site: Any, edge: Any, timeout: float = 5.0) -> EventReader:
+        from ..site.secrets import edge_secrets
+
+        return cls((edge.evapi.address, edge.evapi.port),
+                   edge_secrets(site, edge.name).evapi, timeout)
+
     def run(self) -> None:
-        decoder = NetstringDecoder()
+        decoder = self._decoder
         while True:
             try:
                 data = self.sock.recv(65536)

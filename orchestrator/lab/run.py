@@ -102,7 +102,7 @@ def run_lab(site: Site, workdir: Path, *, calls: int = 3, duration_ms: int = 200
         stack.start()
         host, port = trunk_addr(edge.trunk_default.uri)
         uas = sipp.uas(cwd, host, port)
-        events = EventReader((edge.evapi.address, edge.evapi.port))
+        events = EventReader.for_edge(stack.site, edge)
         events.start()
         time.sleep(0.3)
         sip = edge.listen[0]

@@ -29,7 +29,8 @@ def workdir(path: Path) -> Path:
 
 def uas(cwd: Path, host: str, port: int, *, rtp_echo: bool = True) -> subprocess.Popen[bytes]:
     """Start a callee answering every call (echoing RTP so both legs carry media)."""
-    argv = [SIPP_BIN, "-sn", "uas", "-i", host, "-p", str(port), "-nostdin",
+    # -ci: sipp's UDP control socket binds to 0.0.0.0 unless told otherwise
+    argv = [SIPP_BIN, "-sn", "uas", "-i", host, "-ci", host, "-p", str(port), "-nostdin",
             "-trace_err", "-error_file", str(cwd / "uas_errors.log")]
     if rtp_echo:
         argv.append("-rtp_echo")
@@ -44,7 +45,8 @@ def uac_argv(cwd: Path, target: str, *, local: tuple[str, int], calls: int = 1,
              duration_ms: int = 3000, record: str = "yes", customer: str = "C-1",
              rate: float | None = None, extra: Sequence[str] = ()) -> list[str]:
     """Arguments for the lab caller (``uac_record.xml``) placing ``calls`` calls."""
-    argv = [SIPP_BIN, "-sf", "uac_record.xml", target, "-i", local[0], "-p", str(local[1]),
+    argv = [SIPP_BIN, "-sf", "uac_record.xml", target, "-i", local[0], "-ci", local[0],
+            "-p", str(local[1]),
             "-m", str(calls), "-d", str(duration_ms), "-key", "record", record,
             "-key", "customer", customer, "-nostdin", "-timeout", "60s", "-timeout_error",
             "-trace_err", "-error_file", str(cwd / f"uac_{local[1]}_errors.log")]

@@ -16,14 +16,16 @@ from typing import Any
 
 import yaml
 
-from ..controller.client import api_request
+from ..controller.client import api_request, api_target
 from ..errors import LabError
-from ..render import Rendered, render_site, write
-from ..site import Site
+from ..render import Rendered, ensure_secrets, render_site, write
+from ..site import Site, validate_data
 from .procs import Kamailio, Rtpengine, tcp_open
 from .srs import SrsConfig, SrsServer
 
 __all__ = ["LabStack"]
+
+_LAB_MARK = "# written by siprecctl lab (the site the lab's controller reads)\n"
 
 
 class LabStack:
@@ -33,6 +35,10 @@ class LabStack:
                  controller: bool = True) -> None:
         if len(site.edges) != 1:
             raise LabError("the lab stack runs sites with exactly one edge")
+        # the lab's secrets live in its workdir (created at render, like an operator's)
+        data = site.model_dump(mode="json", exclude_none=True)
+        data["security"] = {"secrets_dir": str(Path(workdir).resolve() / "secrets")}
+        site = validate_data(data, file="<lab site>")
         self.site = site
         self.edge = site.edges[0]
         self.workdir = Path(workdir)
@@ -54,9 +60,14 @@ class LabStack:
         reads); :meth:`start` does it when nobody did before."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.rendered = render_site(self.site)
-        write(self.cfgdir, self.rendered)
-        self.site_file.write_text(yaml.safe_dump(self.site.model_dump(mode="json",
-                                                                      exclude_none=True)))
+        write(self.cfgdir, self.rendered, site=self.site)
+        ensure_secrets(self.site)
+        text = _LAB_MARK + yaml.safe_dump(self.site.model_dump(mode="json", exclude_none=True))
+        if self.site_file.exists() and not self.site_file.read_text(
+                errors="replace").startswith(_LAB_MARK):
+            raise LabError(f"{self.site_file} exists and was not written by the lab: choose "
+                           "another workdir")
+        self.site_file.write_text(text)
         return self.rendered
 
     def start(self) -> LabStack:
@@ -109,7 +120,7 @@ class LabStack:
     @property
     def api_url(self) -> str:
         api = self.site.controller.api
-        return f"http://{api.address}:{api.port}"
+        return f"{'https' if api.tls else 'http'}://{api.address}:{api.port}"
 
     def start_controller(self, timeout: float = 15.0) -> None:
         """``siprecctl serve`` on the site file; returns once its API answers."""
@@ -151,9 +162,11 @@ class LabStack:
             p.wait(5)
 
     def api(self, method: str, path: str, body: dict[str, Any] | None = None,
-            timeout: float = 30.0) -> Any:
-        """Call the controller's HTTP API; returns the JSON (errors too, with ``status``)."""
-        status, doc = api_request(self.api_url, method, path, body, timeout=timeout)
+            timeout: float = 30.0, *, role: str = "operator") -> Any:
+        """Call the controller's HTTP API with the site's ``role`` token; returns the JSON
+        (errors too, with ``status``)."""
+        target = api_target(self.site, role=role, url=self.api_url)
+        status, doc = api_request(target, method, path, body, timeout=timeout)
         if status >= 400 and isinstance(doc, dict):
             doc["status"] = status
         return doc

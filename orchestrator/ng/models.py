@@ -1,4 +1,10 @@
-"""Typed views of NG replies (rtpengine 10.5 shapes; unknown keys stay in ``raw``)."""
+"""Typed views of NG replies (rtpengine 10.5 shapes; unknown keys stay in ``raw``).
+
+A value of the wrong type anywhere (``"tags": [1, 2]``, a string where a number belongs) is
+an :class:`~orchestrator.errors.NgProtocolError` naming the command and the key path, never
+an ``AttributeError``; a missing optional value is ``None`` (shown as unknown), never a
+made-up number.
+"""
 
 from __future__ import annotations
 
@@ -7,24 +13,79 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from ..errors import NgProtocolError
 from .codec import text, to_text
 from .reply import Reply
 
 __all__ = ["CallInfo", "MediaLabel", "Reply", "SdpReply", "Subscription", "TagInfo",
            "TagMedias"]
 
+_MISSING: Any = object()
+_KINDS = {bytes: "a string", str: "a string", int: "an integer", float: "a number",
+          dict: "a dictionary", list: "a list", bool: "a boolean"}
 
-def _int(v: Any, default: int = 0) -> int:
-    if isinstance(v, int):
+
+def _kind(v: Any) -> str:
+    return _KINDS.get(type(v), type(v).__name__)
+
+
+class _At:
+    """A key path inside one reply, for error messages: ``query reply: tags.abc.medias[0]``."""
+
+    def __init__(self, command: str, path: str = "") -> None:
+        self.command, self.path = command or "NG", path
+
+    def key(self, k: Any) -> _At:
+        k = text(k)
+        return _At(self.command, f"{self.path}.{k}" if self.path else k)
+
+    def index(self, i: int) -> _At:
+        return _At(self.command, f"{self.path}[{i}]")
+
+    def fail(self, v: Any, expected: str) -> NgProtocolError:
+        return NgProtocolError(f"{self.command} reply: '{self.path}' is {_kind(v)}, "
+                               f"expected {expected}")
+
+
+def _get(d: Mapping[Any, Any], key: str, at: _At, kind: type, default: Any = _MISSING,
+         ) -> Any:
+    """``d[key]`` (bytes keys in decoded dicts, str keys for a :class:`Reply`) checked to be
+    of ``kind``; ``default`` when missing (None when not given)."""
+    k: Any = key if isinstance(d, Reply) else key.encode()
+    v = d.get(k, _MISSING)
+    if v is _MISSING or v is None:
+        return None if default is _MISSING else default
+    if kind is int:
+        if isinstance(v, bool) or not isinstance(v, int | bytes):
+            raise at.key(key).fail(v, "an integer")
+        if isinstance(v, bytes):  # some counters come as numeric strings
+            try:
+                return int(v)
+            except ValueError:
+                raise at.key(key).fail(v, "an integer") from None
         return v
-    try:
-        return int(v)
-    except (TypeError, ValueError):
-        return default
+    if not isinstance(v, kind):
+        raise at.key(key).fail(v, _KINDS.get(kind, kind.__name__))
+    return v
 
 
-def _opt_text(v: Any) -> str | None:
-    return None if v is None else text(v)
+def _str(d: Mapping[Any, Any], key: str, at: _At, default: Any = _MISSING) -> Any:
+    v = _get(d, key, at, bytes, default)
+    return v if v is None or isinstance(v, str) else text(v)
+
+
+def _dicts(v: list[Any], at: _At) -> list[dict[bytes, Any]]:
+    for i, x in enumerate(v):
+        if not isinstance(x, dict):
+            raise at.index(i).fail(x, "a dictionary")
+    return v
+
+
+def _strs(v: list[Any], at: _At) -> list[str]:
+    for i, x in enumerate(v):
+        if not isinstance(x, bytes):
+            raise at.index(i).fail(x, "a string")
+    return [text(x) for x in v]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +98,9 @@ class SdpReply:
 
     @classmethod
     def from_reply(cls, r: Reply) -> SdpReply:
-        return cls(sdp=r.get("sdp", b""), recordings=[text(x) for x in r.get("recordings", [])],
+        at = _At(r.command)
+        return cls(sdp=_get(r, "sdp", at, bytes, b""),
+                   recordings=_strs(_get(r, "recordings", at, list, []), at.key("recordings")),
                    reply=r)
 
 
@@ -47,7 +110,7 @@ class TagInfo:
 
     tag: str
     label: str | None
-    created: int
+    created: int | None
     subscriptions: list[tuple[str, str]]  # (tag, type) this one receives media from
     subscribers: list[tuple[str, str]]  # (tag, type) receiving this one's media
     packets: int
@@ -55,20 +118,25 @@ class TagInfo:
     raw: Mapping[bytes, Any] = field(repr=False)
 
     @classmethod
-    def from_raw(cls, d: Mapping[bytes, Any]) -> TagInfo:
-        def links(key: bytes) -> list[tuple[str, str]]:
-            return [(text(x.get(b"tag", b"")), text(x.get(b"type", b"")))
-                    for x in d.get(key, []) if isinstance(x, dict)]
+    def from_raw(cls, d: Mapping[bytes, Any], at: _At | None = None) -> TagInfo:
+        at = at or _At("query", "tags")
+
+        def links(key: str) -> list[tuple[str, str]]:
+            lat = at.key(key)
+            return [(_str(x, "tag", lat.index(i), ""), _str(x, "type", lat.index(i), ""))
+                    for i, x in enumerate(_dicts(_get(d, key, at, list, []), lat))]
 
         packets = octets = 0
-        for m in d.get(b"medias", []):
-            for s in m.get(b"streams", []) if isinstance(m, dict) else []:
-                st = s.get(b"stats", {}) if isinstance(s, dict) else {}
-                packets += _int(st.get(b"packets"))
-                octets += _int(st.get(b"bytes"))
-        return cls(tag=text(d.get(b"tag", b"")), label=_opt_text(d.get(b"label")),
-                   created=_int(d.get(b"created")), subscriptions=links(b"subscriptions"),
-                   subscribers=links(b"subscribers"), packets=packets, octets=octets, raw=d)
+        mat = at.key("medias")
+        for mi, m in enumerate(_dicts(_get(d, "medias", at, list, []), mat)):
+            sat = mat.index(mi).key("streams")
+            for si, st in enumerate(_dicts(_get(m, "streams", mat.index(mi), list, []), sat)):
+                stats = _get(st, "stats", sat.index(si), dict, {})
+                packets += _get(stats, "packets", sat.index(si).key("stats"), int, 0)
+                octets += _get(stats, "bytes", sat.index(si).key("stats"), int, 0)
+        return cls(tag=_str(d, "tag", at, ""), label=_str(d, "label", at),
+                   created=_get(d, "created", at, int), subscriptions=links("subscriptions"),
+                   subscribers=links("subscribers"), packets=packets, octets=octets, raw=d)
 
     @property
     def is_subscriber(self) -> bool:
@@ -86,29 +154,44 @@ class CallInfo:
     def __init__(self, call_id: str, reply: Reply) -> None:
         self.call_id = call_id
         self.reply = reply
+        self._at = _At(reply.command or "query")
 
     @classmethod
     def from_reply(cls, call_id: str, r: Reply) -> CallInfo:
         return cls(call_id, r)
 
     @cached_property
-    def created(self) -> float:
-        """Epoch seconds (``created`` + ``created_us``)."""
-        return _int(self.reply.get("created")) + _int(self.reply.get("created_us")) / 1e6
+    def created(self) -> float | None:
+        """Epoch seconds (``created`` + ``created_us``); None when the reply has none."""
+        secs = _get(self.reply, "created", self._at, int)
+        if secs is None:
+            return None
+        return secs + _get(self.reply, "created_us", self._at, int, 0) / 1e6
+
+    def age(self, now: float) -> float | None:
+        """Seconds since the call was created, or None (unknown)."""
+        return None if self.created is None else now - self.created
 
     @cached_property
-    def last_signal(self) -> int:
-        return _int(self.reply.get("last signal"))
+    def last_signal(self) -> int | None:
+        return _get(self.reply, "last signal", self._at, int)
 
     @cached_property
     def tags(self) -> dict[str, TagInfo]:
-        return {text(k): TagInfo.from_raw(v) for k, v in (self.reply.get("tags") or {}).items()
-                if isinstance(v, dict)}
+        tags = _get(self.reply, "tags", self._at, dict, {})
+        tat = self._at.key("tags")
+        out = {}
+        for k, v in tags.items():
+            if not isinstance(v, dict):
+                raise tat.key(k).fail(v, "a dictionary")
+            out[text(k)] = TagInfo.from_raw(v, tat.key(k))
+        return out
 
     @cached_property
     def totals(self) -> dict[str, Any]:
-        t = to_text(self.reply.get("totals") or {})
-        return t if isinstance(t, dict) else {}
+        t = to_text(_get(self.reply, "totals", self._at, dict, {}))
+        assert isinstance(t, dict)
+        return t
 
     @property
     def legs(self) -> list[TagInfo]:
@@ -123,7 +206,13 @@ class CallInfo:
     @property
     def packets(self) -> int:
         rtp = self.totals.get("RTP", {})
-        return _int(rtp.get("packets")) if isinstance(rtp, dict) else 0
+        at = self._at.key("totals")
+        if not isinstance(rtp, dict):
+            raise at.key("RTP").fail(rtp, "a dictionary")
+        v = rtp.get("packets", 0)
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise at.key("RTP").key("packets").fail(v, "an integer")
+        return v
 
     def __repr__(self) -> str:
         return f"CallInfo({self.call_id!r}, tags={list(self.tags)})"
@@ -141,10 +230,11 @@ class MediaLabel:
     mode: str | None  # sendrecv / sendonly / recvonly / inactive (10.5+)
 
     @classmethod
-    def from_raw(cls, label: str, d: Mapping[bytes, Any]) -> MediaLabel:
-        return cls(label=label, tag=text(d.get(b"tag", b"")), index=_int(d.get(b"index")),
-                   type=text(d.get(b"type", b"")),
-                   participant_label=_opt_text(d.get(b"label")), mode=_opt_text(d.get(b"mode")))
+    def from_raw(cls, label: str, d: Mapping[bytes, Any], at: _At | None = None) -> MediaLabel:
+        at = at or _At("subscribe request", f"media-labels.{label}")
+        return cls(label=label, tag=_str(d, "tag", at, ""), index=_get(d, "index", at, int, 0),
+                   type=_str(d, "type", at, ""), participant_label=_str(d, "label", at),
+                   mode=_str(d, "mode", at))
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,22 +261,31 @@ class Subscription:
 
     @classmethod
     def from_reply(cls, r: Reply) -> Subscription:
-        labels = {text(k): MediaLabel.from_raw(text(k), v)
-                  for k, v in (r.get("media-labels") or {}).items() if isinstance(v, dict)}
+        at = _At(r.command or "subscribe request")
+        lat = at.key("media-labels")
+        labels = {}
+        for k, v in _get(r, "media-labels", at, dict, {}).items():
+            if not isinstance(v, dict):
+                raise lat.key(k).fail(v, "a dictionary")
+            labels[text(k)] = MediaLabel.from_raw(text(k), v, lat.key(k))
         tms = []
-        for tm in r.get("tag-medias") or []:
-            if not isinstance(tm, dict):
-                continue
-            medias = [MediaLabel(label=text(m.get(b"label", b"")), tag=text(tm.get(b"tag", b"")),
-                                 index=_int(m.get(b"index")), type=text(m.get(b"type", b"")),
-                                 participant_label=_opt_text(tm.get(b"label")),
-                                 mode=_opt_text(m.get(b"mode")))
-                      for m in tm.get(b"medias", []) if isinstance(m, dict)]
-            tms.append(TagMedias(tag=text(tm.get(b"tag", b"")), label=_opt_text(tm.get(b"label")),
-                                 medias=medias))
-        return cls(sdp=r.get("sdp", b""), to_tag=r.text("to-tag", "") or "",
-                   from_tags=[text(t) for t in r.get("from-tags") or []],
-                   from_tag=r.text("from-tag"), media_labels=labels, tag_medias=tms, reply=r)
+        tat = at.key("tag-medias")
+        for i, tm in enumerate(_dicts(_get(r, "tag-medias", at, list, []), tat)):
+            mat = tat.index(i).key("medias")
+            medias = [MediaLabel(label=_str(m, "label", mat.index(j), ""),
+                                 tag=_str(tm, "tag", tat.index(i), ""),
+                                 index=_get(m, "index", mat.index(j), int, 0),
+                                 type=_str(m, "type", mat.index(j), ""),
+                                 participant_label=_str(tm, "label", tat.index(i)),
+                                 mode=_str(m, "mode", mat.index(j)))
+                      for j, m in enumerate(_dicts(_get(tm, "medias", tat.index(i), list, []),
+                                                   mat))]
+            tms.append(TagMedias(tag=_str(tm, "tag", tat.index(i), ""),
+                                 label=_str(tm, "label", tat.index(i)), medias=medias))
+        return cls(sdp=_get(r, "sdp", at, bytes, b""), to_tag=_str(r, "to-tag", at, ""),
+                   from_tags=_strs(_get(r, "from-tags", at, list, []), at.key("from-tags")),
+                   from_tag=_str(r, "from-tag", at), media_labels=labels, tag_medias=tms,
+                   reply=r)
 
     def label_for_tag(self, tag: str) -> list[str]:
         """The media labels forking participant ``tag`` (in SDP order of appearance)."""

@@ -8,6 +8,10 @@ output directory::
     kamailio/<edge>/kamcli.ini
     rtpengine/<node>/rtpengine.conf
     render-manifest.json
+
+Secrets are not rendered output: each kamailio.cfg includes
+``<secrets_dir>/kamailio-<edge>.secrets.cfg``, which :func:`ensure_secrets` writes (with the
+API tokens and the edges' secrets) into the site's owner-only secrets directory.
 """
 
 from __future__ import annotations
@@ -15,15 +19,19 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import RenderError
+from ..site import secrets as site_secrets
 from ..site.model import Rule, Site
 
 MANIFEST = "render-manifest.json"
+_HOSTPORT_RE = re.compile(r"^sips?:(?:[^@]*@)?(?P<host>\[[^\]]+\]|[^:;?]+)(?::(?P<port>[0-9]+))?")
 
-__all__ = ["MANIFEST", "Rendered", "render_site", "stale_diff", "templates_dir", "write"]
+__all__ = ["MANIFEST", "Rendered", "ensure_secrets", "render_site", "stale_diff",
+           "templates_dir", "write"]
 
 
 @dataclass(frozen=True)
@@ -87,6 +95,20 @@ def _env():  # type: ignore[no-untyped-def]
     return env
 
 
+def srs_hostports(site: Site) -> list[str]:
+    """``host:port`` of every SRS of the site (lower case; port 5060 when the URI has none):
+    the destinations the edge lets the controller send recording-session requests to."""
+    out: list[str] = []
+    for g in site.recording.srs_groups:
+        for srv in g.servers:
+            m = _HOSTPORT_RE.match(srv.uri)
+            assert m is not None  # the model validated the URI
+            hp = f"{m.group('host').lower()}:{m.group('port') or 5060}"
+            if hp not in out:
+                out.append(hp)
+    return out
+
+
 def site_digest(site: Site) -> str:
     """Digest of the validated model (stable across YAML formatting changes)."""
     canon = json.dumps(site.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
@@ -112,7 +134,9 @@ def render_site(site: Site) -> list[Rendered]:
                 direction = (f" direction={edge.rtp_direction.caller}"
                              f" direction={edge.rtp_direction.callee}")
             ctx = dict(site=site, edge=edge, source_digest=digest, rtpengine_sets=rtpengine_sets,
-                       direction_flags=direction, media_recording=True)
+                       direction_flags=direction, media_recording=True,
+                       secrets_include=str(site_secrets.kamailio_include_path(site, edge.name)),
+                       srs_hostports=srs_hostports(site))
             out.append(Rendered(f"kamailio/{edge.name}/kamailio.cfg", kam.render(ctx),
                                 "kamailio", edge.name))
             out.append(Rendered(f"kamailio/{edge.name}/kamcli.ini", kamcli.render(ctx),
@@ -134,11 +158,58 @@ def render_site(site: Site) -> list[Rendered]:
     return out
 
 
-def write(outdir: Path, files: list[Rendered]) -> list[Path]:
-    """Write files under ``outdir`` (atomically, one by one); returns the paths written."""
+def _previous_render(outdir: Path) -> dict[str, str]:
+    """{path: sha256} of the files the last render wrote into ``outdir`` (its manifest)."""
+    try:
+        doc = json.loads((outdir / MANIFEST).read_text(encoding="utf-8"))
+        return {str(f["path"]): str(f["sha256"]) for f in doc["files"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def _unsafe_overwrites(outdir: Path, files: list[Rendered]) -> list[str]:
+    """Existing files that a previous render did not write exactly as they are now."""
+    prev = _previous_render(outdir)
+    out = []
+    for r in files:
+        path = outdir / r.path
+        if not path.exists() and not path.is_symlink():
+            continue
+        if r.path == MANIFEST and prev:
+            continue
+        try:
+            current = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError:
+            current = None
+        if current != r.sha256 and prev.get(r.path) != current:
+            out.append(r.path)
+    return out
+
+
+def write(outdir: Path, files: list[Rendered], *, force: bool = False,
+          site: Site | None = None) -> list[Path]:
+    """Write files under ``outdir`` (atomically, one by one); returns the paths written.
+
+    An existing file is replaced only when a previous render wrote it (it is in the
+    manifest there, unchanged since) or with ``force``; nothing is ever written into the
+    ``site``'s recording directory."""
+    outdir = Path(outdir)
+    if site is not None:
+        rec = Path(site.media.recording.dir).resolve()
+        out = outdir.resolve()
+        if out == rec or rec in out.parents:
+            raise RenderError(f"{outdir} is inside the recording directory {rec}: siprecctl "
+                              "never writes there")
+    if not force:
+        clash = _unsafe_overwrites(outdir, files)
+        if clash:
+            raise RenderError(f"{outdir}: would overwrite {len(clash)} file(s) that siprecctl "
+                              f"did not render or that were edited since: "
+                              f"{', '.join(clash[:5])}{' …' if len(clash) > 5 else ''} "
+                              "(use --force to replace them)")
     written = []
     for r in files:
-        path = Path(outdir) / r.path
+        path = outdir / r.path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(path.name + ".tmp")
@@ -168,3 +239,24 @@ def stale_diff(outdir: Path, files: list[Rendered]) -> str:
                                            fromfile=f"a/{r.path}" if old is not None else "/dev/null",
                                            tofile=f"b/{r.path}"))
     return "".join(chunks)
+
+
+def ensure_secrets(site: Site) -> list[str]:
+    """Create the site's missing secrets (API tokens, each edge's evapi and JSON-RPC secret)
+    and (re)write each edge's Kamailio include; returns what was done, for people (never a
+    secret's value). Existing secrets are kept: rotate by replacing a file."""
+    done: list[str] = []
+    for tok in site.controller.api.tokens:
+        path = site_secrets.api_token_path(site, tok.name)
+        if site_secrets.ensure_secret(path)[1]:
+            done.append(f"created API token '{tok.name}' ({tok.role}): {path}")
+    for edge in site.edges:
+        for path in (site_secrets.evapi_secret_path(site, edge.name),
+                     site_secrets.jsonrpc_secret_path(site, edge.name)):
+            if site_secrets.ensure_secret(path)[1]:
+                done.append(f"created secret {path}")
+        sec = site_secrets.edge_secrets(site, edge.name)
+        path, changed = site_secrets.write_kamailio_include(site, edge.name, sec)
+        if changed:
+            done.append(f"wrote {path} (restart Kamailio of edge {edge.name} to use it)")
+    return done

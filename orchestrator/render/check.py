@@ -19,12 +19,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import KamailioError, LabError
+from ..errors import KamailioError, LabError, SecretError
 from ..kamailio import HttpRpcTransport, KamailioClient
 from ..lab.procs import RTPENGINE_BIN, Kamailio, Rtpengine, free_port, kamailio_check, tcp_open
 from ..site.loader import validate_data
 from ..site.model import Site
-from . import render_site, write
+from . import ensure_secrets, render_site, write
 
 _PARSE_ERR = re.compile(r"parse error in config file (?P<file>\S+?), line (?P<line>\d+), "
                         r"column [\d-]+: (?P<msg>.*)")
@@ -120,6 +120,7 @@ def loopback_variant(site: Site, workdir: Path) -> Site:
     data["media"]["recording"]["dir"] = str(workdir / "recordings")
     data["media"].pop("redis", None)  # no Redis is started for a smoke test
     data["controller"]["api"] = {"address": "127.0.0.1", "port": port("tcp")}
+    data["security"] = {"secrets_dir": str(workdir / "secrets")}
     return validate_data(data, file="<loopback variant>")
 
 
@@ -149,6 +150,7 @@ def smoke(site: Site, workdir: Path) -> list[Finding]:
     lsite = loopback_variant(site, workdir)
     outdir = workdir / "smoke"
     write(outdir, render_site(lsite))
+    ensure_secrets(lsite)
     findings: list[Finding] = []
     started: list[Rtpengine | Kamailio] = []
     try:
@@ -173,8 +175,7 @@ def smoke(site: Site, workdir: Path) -> list[Finding]:
             try:
                 kam.start()
                 kam.wait_ready(15)
-                url = f"http://{e.jsonrpc.address}:{e.jsonrpc.port}/RPC"
-                with KamailioClient(HttpRpcTransport(url), timeout=5) as rpc:
+                with KamailioClient(HttpRpcTransport.for_edge(lsite, e), timeout=5) as rpc:
                     version = rpc.version()
                     nodes = rpc.rtpengine_show()
                 expect = len(lsite.nodes_in_set(e.media_set))
@@ -191,7 +192,7 @@ def smoke(site: Site, workdir: Path) -> list[Finding]:
                 if dead:
                     msg += f"; not answering: {', '.join(dead)}"
                 findings.append(Finding("smoke-kamailio", e.name, ok, msg, str(cfg)))
-            except (LabError, KamailioError, OSError, ValueError) as exc:
+            except (LabError, KamailioError, SecretError, OSError, ValueError) as exc:
                 findings.append(Finding("smoke-kamailio", e.name, False, str(exc), str(cfg)))
     finally:
         for p in reversed(started):
@@ -203,9 +204,14 @@ def check_site(site: Site, *, smoke_start: bool = True, workdir: Path | None = N
                ) -> list[Finding]:
     """Render ``site`` into a temporary directory and check it; returns all findings."""
     with tempfile.TemporaryDirectory(prefix="siprecctl-check-") as tmp:
-        wd = Path(workdir or tmp)
-        files = render_site(site)
+        wd = Path(workdir or tmp).resolve()
+        # the configs as rendered, including the edges' secrets from a scratch secrets dir
+        data = site.model_dump(mode="json", exclude_none=True)
+        data["security"] = {"secrets_dir": str(wd / "secrets")}
+        checked = validate_data(data, file="<check>")
+        files = render_site(checked)
         write(wd / "rendered", files)
+        ensure_secrets(checked)
         findings: list[Finding] = []
         for r in files:
             if r.kind == "kamailio":

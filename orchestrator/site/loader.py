@@ -18,10 +18,22 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from ..errors import SiteError, SiteErrors
-from .model import Site
+from .model import Site, short
 
 Path_ = tuple[str | int, ...]
 DEFAULT_SITE = "lab"  # the embedded default
+
+# Bounded work for any input (a site file is a few KB): a YAML alias bomb, deep nesting or a
+# huge file is refused with a located error instead of taking seconds and gigabytes.
+MAX_BYTES = 256 << 10
+MAX_DEPTH = 32  # the deepest real key path (recording.rules[0].match.header.pattern) is 6
+MAX_ALIASES = 100  # alias uses (*name) in one document
+MAX_VALUES = 20_000  # values after alias expansion (the carrier example has ~300)
+_PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null")}
+_TAG_NAMES = {"tag:yaml.org,2002:timestamp": "a date/timestamp",
+              "tag:yaml.org,2002:binary": "binary data (!!binary)",
+              "tag:yaml.org,2002:set": "a set (!!set)", "tag:yaml.org,2002:omap": "an !!omap",
+              "tag:yaml.org,2002:pairs": "!!pairs"}
 
 
 class _Doc:
@@ -42,8 +54,71 @@ class _Doc:
         return None
 
 
-def _to_data(node: yaml.Node, path: Path_, doc: _Doc, file: str) -> Any:
+class _Composer(yaml.SafeLoader):
+    """PyYAML's safe loader with a nesting limit and an alias budget, so composing is
+    bounded too (its composer recurses once per nesting level)."""
+
+    def __init__(self, stream: str, file: str) -> None:
+        super().__init__(stream)
+        self._file = file
+        self._depth = 0
+        self._aliases = 0
+        self._nodes = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        event = self.peek_event()
+        line = event.start_mark.line + 1 if event.start_mark is not None else None
+        self._nodes += 1
+        if self._nodes > MAX_VALUES:
+            raise SiteError(f"too many values (more than {MAX_VALUES})", file=self._file,
+                            line=line)
+        if isinstance(event, yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_ALIASES:
+                raise SiteError(f"too many alias expansions (more than {MAX_ALIASES} aliases)",
+                                file=self._file, line=line)
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise SiteError(f"nesting deeper than {MAX_DEPTH} levels", file=self._file,
+                                line=line)
+            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+        finally:
+            self._depth -= 1
+
+
+def _compose(text: str, file: str) -> yaml.Node | None:
+    loader = _Composer(text, file)
+    try:
+        return loader.get_single_node()  # type: ignore[no-any-return]
+    finally:
+        loader.dispose()
+
+
+class _Budget:
+    def __init__(self) -> None:
+        self.values = 0
+
+
+def _to_data(node: yaml.Node, path: Path_, doc: _Doc, file: str,
+             budget: _Budget | None = None) -> Any:
+    budget = budget or _Budget()
+    budget.values += 1
+    if budget.values > MAX_VALUES:
+        raise SiteError(f"too many alias expansions (the document expands to more than "
+                        f"{MAX_VALUES} values)", file=file, line=node.start_mark.line + 1)
+    if len(path) > MAX_DEPTH:  # aliases can nest deeper than the text does
+        raise SiteError(f"nesting deeper than {MAX_DEPTH} levels", file=file,
+                        line=node.start_mark.line + 1)
     doc.value_line[path] = node.start_mark.line + 1
+    if node.tag in _TAG_NAMES or (not isinstance(node, yaml.ScalarNode)
+                                  and node.tag not in ("tag:yaml.org,2002:map",
+                                                       "tag:yaml.org,2002:seq")):
+        what = _TAG_NAMES.get(node.tag, f"a value tagged {short(node.tag)}")
+        shown = f" {short(str(node.value))}" if isinstance(node, yaml.ScalarNode) else ""
+        raise SiteError(f"expected a plain value, got {what}{shown} (quote it if it is a "
+                        f"string)", file=file, line=node.start_mark.line + 1,
+                        path=_fmt(path) or None)
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
         for knode, vnode in node.value:
@@ -56,10 +131,13 @@ def _to_data(node: yaml.Node, path: Path_, doc: _Doc, file: str) -> Any:
                                 f"{doc.key_line[path + (key,)]})", file=file,
                                 line=knode.start_mark.line + 1, path=_fmt(path + (key,)))
             doc.key_line[path + (key,)] = knode.start_mark.line + 1
-            out[key] = _to_data(vnode, path + (key,), doc, file)
+            out[key] = _to_data(vnode, path + (key,), doc, file, budget)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_to_data(v, path + (i,), doc, file) for i, v in enumerate(node.value)]
+        return [_to_data(v, path + (i,), doc, file, budget) for i, v in enumerate(node.value)]
+    if node.tag not in _PLAIN_TAGS:  # a local tag (!foo): PyYAML's safe loader refuses it too
+        raise SiteError(f"expected a plain value, got a value tagged {short(node.tag)}",
+                        file=file, line=node.start_mark.line + 1, path=_fmt(path) or None)
     return yaml.SafeLoader.construct_object(_SCALAR_LOADER, node)  # type: ignore[arg-type]
 
 
@@ -76,6 +154,10 @@ def _fmt(path: Path_) -> str:
     for p in path:
         s += f"[{p}]" if isinstance(p, int) else (f".{p}" if s else str(p))
     return s
+
+
+def _show(v: Any) -> str:
+    return short(json.dumps(v))
 
 
 def _type_name(v: Any) -> str:
@@ -117,17 +199,22 @@ def _message(err: Any, data_at: Any) -> str:
     if t == "missing":
         return "required key is missing"
     if t in _EXPECTED:
-        return f"expected {_EXPECTED[t]}, got {_type_name(data_at)} {json.dumps(data_at)}"
+        return f"expected {_EXPECTED[t]}, got {_type_name(data_at)} {_show(data_at)}"
     if t == "literal_error":
-        return f"expected one of {ctx.get('expected')}, got {json.dumps(data_at)}"
+        return f"expected one of {ctx.get('expected')}, got {_show(data_at)}"
     if t in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
         bound = {"greater_than_equal": ">=", "less_than_equal": "<=", "greater_than": ">",
                  "less_than": "<"}[t]
         lim = next(iter(ctx.values()))
-        return f"must be {bound} {lim}, got {json.dumps(data_at)}"
+        return f"must be {bound} {lim}, got {_show(data_at)}"
     if t == "too_short":
         return f"must have at least {ctx.get('min_length')} item(s)"
-    return str(err["msg"])
+    if t == "too_long":
+        return f"must have at most {ctx.get('max_length')} item(s)"
+    if t == "string_too_long":
+        return (f"must be at most {ctx.get('max_length')} characters, got "
+                f"{len(data_at) if isinstance(data_at, str) else '?'}")
+    return short(str(err["msg"]), 300)
 
 
 def _lookup(data: Any, path: Path_) -> Any:
@@ -185,15 +272,19 @@ def validate_data(data: Any, *, file: str = "<site>", doc: _Doc | None = None) -
 
 def load_text(text: str, *, file: str = "<site>") -> Site:
     """Parse and validate a site document given as text."""
+    if len(text) > MAX_BYTES:
+        raise SiteError(f"the site file is larger than {MAX_BYTES >> 10} KiB", file=file)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = _compose(text, file)
+    except RecursionError:  # not reached with MAX_DEPTH; kept as a last guard
+        raise SiteError("nesting too deep", file=file) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
-        raise SiteError(f"YAML syntax error: {exc.problem or exc.context}", file=file,
-                        line=line) from None
+        raise SiteError(f"YAML syntax error: {short(str(exc.problem or exc.context), 200)}",
+                        file=file, line=line) from None
     except yaml.YAMLError as exc:
-        raise SiteError(f"YAML error: {exc}", file=file) from None
+        raise SiteError(f"YAML error: {short(str(exc), 200)}", file=file) from None
     if node is None:
         raise SiteError("the site file is empty", file=file, line=1)
     doc = _Doc()
@@ -201,7 +292,7 @@ def load_text(text: str, *, file: str = "<site>") -> Site:
         data = _to_data(node, (), doc, file)
     except yaml.constructor.ConstructorError as exc:
         mark = exc.problem_mark
-        raise SiteError(f"YAML error: {exc.problem}", file=file,
+        raise SiteError(f"YAML error: {short(str(exc.problem), 200)}", file=file,
                         line=mark.line + 1 if mark else None) from None
     return validate_data(data, file=file, doc=doc)
 
@@ -228,14 +319,16 @@ def load(source: str | Path | None = None) -> Site:
     if s == "-":
         import sys
 
-        return load_text(sys.stdin.read(), file="<stdin>")
+        return load_text(sys.stdin.read(MAX_BYTES + 1), file="<stdin>")
     path = Path(s)
     if not path.exists() and "/" not in s and not s.endswith((".yaml", ".yml")):
         return load_text(embedded_text(s), file=f"<embedded:{s}>")
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            raw = f.read(MAX_BYTES + 1)
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise SiteError(f"cannot read site file: {exc}", file=s) from None
+        raise SiteError(f"cannot read site file: {short(str(exc), 200)}", file=s) from None
     return load_text(text, file=s)
 
 

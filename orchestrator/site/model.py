@@ -32,8 +32,17 @@ SIP_URI_RE = re.compile(
 )
 
 
+MAX_SHOWN = 60  # characters of a offending value echoed in an error message
+
+
 def _err(kind: str, msg: str, **ctx: Any) -> PydanticCustomError:
-    return PydanticCustomError(kind, msg, ctx)
+    return PydanticCustomError(kind, msg, {k: short(v) if isinstance(v, str) else v
+                                           for k, v in ctx.items()})
+
+
+def short(v: str, limit: int = MAX_SHOWN) -> str:
+    """A value for an error message: long ones cut, with their length."""
+    return v if len(v) <= limit else f"{v[:limit]}… ({len(v)} characters)"
 
 
 def _name(v: str) -> str:
@@ -87,7 +96,16 @@ def _header(v: str) -> str:
     return v
 
 
+def _abs_path(v: str) -> str:
+    # rendered into Kamailio cfg strings and used as file names: absolute, no quoting issues
+    if not v.startswith("/") or any(c in v for c in '"\\\n\r\0'):
+        raise _err("abs_path", "'{v}' is not an absolute path (no quotes, backslashes or "
+                   "line breaks)", v=v)
+    return v
+
+
 Name = Annotated[str, AfterValidator(_name)]
+AbsPath = Annotated[str, AfterValidator(_abs_path)]
 IP = Annotated[str, AfterValidator(_ip)]
 PrivateIP = Annotated[str, AfterValidator(_private_ip)]
 SipUri = Annotated[str, AfterValidator(_sip_uri)]
@@ -97,7 +115,7 @@ Port = Annotated[int, Field(ge=1, le=65535)]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, str_max_length=1024)
 
 
 # ---------------------------------------------------------------------------- edges
@@ -115,8 +133,8 @@ class JsonRpc(Strict):
 
     address: PrivateIP = "127.0.0.1"
     port: Port = 5071
-    allow: list[str] = Field(default_factory=lambda: ["127.0.0.1/32"],
-                             description="networks allowed to use JSON-RPC")
+    allow: list[str] = Field(default_factory=lambda: ["127.0.0.1/32"], max_length=64,
+                             description="networks allowed to use JSON-RPC and evapi")
 
     @model_validator(mode="after")
     def _nets(self) -> JsonRpc:
@@ -160,9 +178,9 @@ class Edge(Strict):
     """One Kamailio edge proxy."""
 
     name: Name
-    listen: list[Listen] = Field(min_length=1)
-    domains: list[str] = Field(default_factory=list)
-    trunks: list[Trunk] = Field(min_length=1)
+    listen: list[Listen] = Field(min_length=1, max_length=16)
+    domains: list[str] = Field(default_factory=list, max_length=64)
+    trunks: list[Trunk] = Field(min_length=1, max_length=256)
     default_trunk: Name | None = None
     media_set: int = Field(0, ge=0, le=255, description="rtpengine set used by this edge")
     rtp_direction: Direction | None = None
@@ -225,7 +243,7 @@ class MediaNode(Strict):
     http: PortOnly | None = Field(None, description="HTTP listener: /metrics and POST /ng")
     transport: Literal["udp", "tcp", "http"] = Field(
         "udp", description="NG transport siprecctl uses for this node")
-    interfaces: list[Interface] = Field(min_length=1)
+    interfaces: list[Interface] = Field(min_length=1, max_length=16)
     ports: PortRange
     threads: int = Field(0, ge=0, le=256, description="0: one per core")
 
@@ -253,7 +271,7 @@ class MediaRecording(Strict):
 
 
 class Media(Strict):
-    nodes: list[MediaNode] = Field(min_length=1)
+    nodes: list[MediaNode] = Field(min_length=1, max_length=256)
     recording: MediaRecording = Field(default_factory=MediaRecording)
     delete_delay: int = Field(30, ge=0, le=3600)
     timeouts: Timeouts = Field(default_factory=Timeouts)
@@ -298,13 +316,14 @@ class SrsGroup(Strict):
     transport error, or when its SRS stops answering probes."""
 
     name: Name
-    servers: list[SrsServer] = Field(min_length=1)
+    servers: list[SrsServer] = Field(min_length=1, max_length=16)
     required: bool | Literal["all"] = Field(
         False, description="end the call when no session (true) or not every session "
         "('all') could be established")
     timeout: float = Field(5.0, gt=0, le=60, description="seconds to wait for an SRS answer "
                            "(INVITE, and every in-dialog request)")
-    no_failover_codes: list[Annotated[int, Field(ge=300, le=699)]] = Field(default_factory=list)
+    no_failover_codes: list[Annotated[int, Field(ge=300, le=699)]] = Field(
+        default_factory=list, max_length=400)
     simultaneous: int = Field(1, ge=1, le=8, description="recording sessions per call, each "
                               "on a different SRS")
     strategy: Literal["hunt", "round-robin", "least-busy"] = Field(
@@ -320,18 +339,34 @@ class Recording(Strict):
     default: bool = Field(False, description="record calls no rule matches")
     local: bool = Field(True, description="local (rtpengine pcap) recording of recorded calls")
     siprec: Name | None = Field(None, description="default SRS group of recorded calls")
-    rules: list[Rule] = Field(default_factory=list)
-    srs_groups: list[SrsGroup] = Field(default_factory=list)
-    metadata_headers: list[HeaderName] = Field(default_factory=list)
+    rules: list[Rule] = Field(default_factory=list, max_length=1000)
+    srs_groups: list[SrsGroup] = Field(default_factory=list, max_length=100)
+    metadata_headers: list[HeaderName] = Field(default_factory=list, max_length=32)
     required_metadata: list[str] = Field(
-        default_factory=lambda: ["call-id", "from", "to"],
+        default_factory=lambda: ["call-id", "from", "to"], max_length=64,
         description="keys every local recording's metadata must hold (checked by collect)")
 
 
 # ---------------------------------------------------------------------------- controller
+class ApiToken(Strict):
+    """A bearer token of the controller API, in ``<secrets_dir>/api-<name>.token``."""
+
+    name: Name
+    role: Literal["operator", "readonly"] = Field(
+        description="operator: every request; readonly: GET only (dashboards)")
+
+
+def _default_tokens() -> list[ApiToken]:
+    return [ApiToken(name="operator", role="operator"),
+            ApiToken(name="dashboard", role="readonly")]
+
+
 class Api(Strict):
     address: PrivateIP = "127.0.0.1"
     port: Port = 8090
+    tls: TlsFiles | None = Field(None, description="serve HTTPS with this certificate/key")
+    tokens: list[ApiToken] = Field(default_factory=_default_tokens, min_length=1,
+                                   max_length=32)
 
 
 class Controller(Strict):
@@ -345,16 +380,27 @@ class Controller(Strict):
                              "for set-up beyond which new ones are shed")
 
 
+# ---------------------------------------------------------------------------- security
+class Security(Strict):
+    """Where siprecctl keeps the secrets it generates (README "Security")."""
+
+    secrets_dir: AbsPath = Field(
+        "/etc/siprecctl/secrets",
+        description="owner-only directory of the API tokens and the edges' evapi/JSON-RPC "
+                    "secrets (created 0700; files 0600)")
+
+
 # ---------------------------------------------------------------------------- site
 class Site(Strict):
     """A whole deployment: edges, media nodes, recording policy, controller."""
 
     version: Literal[1] = 1
     name: Name
-    edges: list[Edge] = Field(min_length=1)
+    edges: list[Edge] = Field(min_length=1, max_length=64)
     media: Media
     recording: Recording = Field(default_factory=Recording)
     controller: Controller = Field(default_factory=Controller)
+    security: Security = Field(default_factory=Security)
 
     # Errors found by _cross_checks carry their own key path: (path, message).
     @model_validator(mode="after")
@@ -452,6 +498,14 @@ def _cross_checks(site: Site) -> list[tuple[str, str]]:
                           f"ports {n.ports.port_min}-{n.ports.port_max} overlap media.nodes[{mi}]"
                           f" ({m.ports.port_min}-{m.ports.port_max}) on {sorted(shared)[0]}"))
     p += _listener_conflicts(site)
+    p += _dupes(site.controller.api.tokens, "name", "controller.api.tokens")
+    # nothing siprecctl writes may land in a recording directory
+    rec = site.media.recording.dir.rstrip("/") + "/"
+    for path, what in (("security.secrets_dir", site.security.secrets_dir),
+                       ("controller.store", site.controller.store)):
+        if (what.rstrip("/") + "/").startswith(rec):
+            p.append((path, f"'{short(what)}' is inside the recording directory "
+                      f"{site.media.recording.dir}: siprecctl never writes there"))
     return p
 
 

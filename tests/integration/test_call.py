@@ -17,7 +17,7 @@ from orchestrator.lab import sipp
 from orchestrator.lab.events import EventReader
 from orchestrator.lab.procs import Kamailio, Rtpengine
 from orchestrator.ng import NgClient
-from tests.conftest import ROOT
+from tests.conftest import ROOT, lab_secrets
 
 pytestmark = pytest.mark.integration
 
@@ -34,12 +34,13 @@ def lab(tmp_path_factory):
     rec.mkdir()
     rtp = Rtpengine(ROOT / "rtpengine/rtp1/rtpengine.conf", work / "rtpengine", ng=NG,
                     overrides=[f"--recording-dir={rec}", "--delete-delay=0"])
-    kam = Kamailio(ROOT / "kamailio/edge1/kamailio.cfg", work / "kamailio",
-                   ready_tcp=("127.0.0.1", 5071))
+    cfg, secrets = lab_secrets(work, (ROOT / "kamailio/edge1/kamailio.cfg").read_text())
+    (work / "kamailio.cfg").write_text(cfg)
+    kam = Kamailio(work / "kamailio.cfg", work / "kamailio", ready_tcp=("127.0.0.1", 5071))
     cwd = sipp.workdir(work / "sipp")
     with rtp.started(), kam.started():
         uas = sipp.uas(cwd, "127.0.0.1", UAS_PORT)
-        events = EventReader(EVAPI)
+        events = EventReader(EVAPI, secrets.evapi)
         events.start()
         time.sleep(0.3)
         state = {"rec": rec, "cwd": cwd, "events": events, "kam": kam, "uas": uas}

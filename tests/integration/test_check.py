@@ -9,7 +9,7 @@ import pytest
 from orchestrator.cli import main
 from orchestrator.render.check import check_kamailio, check_rtpengine_config, check_site
 from orchestrator.site import load
-from tests.conftest import ROOT
+from tests.conftest import ROOT, lab_secrets
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +30,8 @@ def test_check_passes_with_smoke_start(site) -> None:
 
 def test_kamailio_syntax_error_is_located(tmp_path: Path) -> None:
     cfg = tmp_path / "kamailio.cfg"
-    lines = (ROOT / "kamailio/edge1/kamailio.cfg").read_text().splitlines()
+    lines = lab_secrets(tmp_path, (ROOT / "kamailio/edge1/kamailio.cfg").read_text())[0] \
+        .splitlines()
     idx = next(i for i, ln in enumerate(lines) if ln.startswith("route[RELAY]"))
     lines.insert(idx + 1, "\tno_such_function();")
     cfg.write_text("\n".join(lines) + "\n")
@@ -61,7 +62,8 @@ def test_smoke_start_reports_a_port_in_use(tmp_path: Path) -> None:
         blocker.bind(("127.0.0.1", 0))
         port = blocker.getsockname()[1]
         cfg = tmp_path / "kamailio.cfg"
-        cfg.write_text((ROOT / "kamailio/edge1/kamailio.cfg").read_text()
+        cfg.write_text(lab_secrets(tmp_path, (ROOT / "kamailio/edge1/kamailio.cfg")
+                                   .read_text())[0]
                        .replace("listen=udp:127.0.0.1:5060", f"listen=udp:127.0.0.1:{port}")
                        .replace("5071", "15071").replace("8448", "18448"))
         assert check_kamailio(cfg, "edge1")[0].ok  # kamailio -c does not bind

@@ -15,6 +15,7 @@ import pytest
 from orchestrator.errors import KamailioError, KamailioRpcError, KamailioUnreachable
 from orchestrator.kamailio import HttpRpcTransport, KamailioClient, KamcliTransport
 from orchestrator.lab.procs import Kamailio, Rtpengine, free_port, free_ports
+from tests.conftest import lab_secrets
 
 pytestmark = pytest.mark.integration
 
@@ -24,7 +25,9 @@ LAB_CFG = ROOT / "kamailio" / "edge1" / "kamailio.cfg"
 
 class Edge:
     def __init__(self, rpc_port: int, run_dir: Path, kamcli_ini: Path, rtp_url: str,
-                 ng_port: int) -> None:
+                 ng_port: int, secret: str = "", secret_file: str = "") -> None:
+        self.secret = secret
+        self.secret_file = secret_file
         self.url = f"http://127.0.0.1:{rpc_port}/RPC"
         self.rpc_port = rpc_port
         self.run_dir = run_dir
@@ -47,6 +50,7 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
     for old, new in subs.items():
         assert old in cfg, old  # the lab config changed: update this fixture
         cfg = cfg.replace(old, new)
+    cfg, secrets = lab_secrets(tmp, cfg)
     path = tmp / "kamailio.cfg"
     path.write_text(cfg)
     kam = Kamailio(path, tmp / "kam", ready_tcp=("127.0.0.1", rpc))
@@ -55,12 +59,13 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
                    f"srvaddr={kam.run_dir / 'kamailio_rpc.sock'}\n"
                    f"rcvaddr={tmp / 'kamcli_reply.sock'}\noutformat=json\n")
     with rtp.started(), kam.started(timeout=20):
-        yield Edge(rpc, kam.run_dir, ini, f"udp:127.0.0.1:{ng}", ng)
+        yield Edge(rpc, kam.run_dir, ini, f"udp:127.0.0.1:{ng}", ng, secrets.jsonrpc,
+                   str(tmp / "secrets" / "jsonrpc-edge1.secret"))
 
 
 @pytest.fixture(params=["http", "kamcli"])
 def kam(request: pytest.FixtureRequest, edge: Edge) -> Iterator[KamailioClient]:
-    t: Any = HttpRpcTransport(edge.url) if request.param == "http" else \
+    t: Any = HttpRpcTransport(edge.url, secret=edge.secret) if request.param == "http" else \
         KamcliTransport(edge.kamcli_ini)
     with KamailioClient(t, timeout=8.0) as client:
         yield client
@@ -76,9 +81,13 @@ def test_version_uptime_dialogs(kam: KamailioClient) -> None:
 def test_rpc_error_is_typed(kam: KamailioClient) -> None:
     with pytest.raises(KamailioRpcError) as ei:
         kam.call("no.such.method")
-    assert ei.value.code == 500 and "Not Found" in ei.value.rpc_message
-    with pytest.raises(KamailioRpcError, match="No Database URL"):
-        kam.call("rtpengine.reload")
+    if isinstance(kam.transport, HttpRpcTransport):
+        # over HTTP only the toolkit's methods pass the config's allow-list
+        assert ei.value.code == 403 and "method not allowed" in ei.value.rpc_message
+    else:  # kamcli, the local admin path (owner-only unix socket): every method
+        assert ei.value.code == 500 and "Not Found" in ei.value.rpc_message
+        with pytest.raises(KamailioRpcError, match="No Database URL"):
+            kam.call("rtpengine.reload")
 
 
 def test_rtpengine_disable_enable_roundtrip(kam: KamailioClient, edge: Edge) -> None:
@@ -96,7 +105,7 @@ def test_rtpengine_disable_enable_roundtrip(kam: KamailioClient, edge: Edge) -> 
 
 def test_string_flag_really_disables(edge: Edge) -> None:
     # the quirk the integer encoding protects against, seen on the real daemon
-    with KamailioClient(HttpRpcTransport(edge.url)) as kam:
+    with KamailioClient(HttpRpcTransport(edge.url, secret=edge.secret)) as kam:
         r = kam.call("rtpengine.enable", edge.rtp_url, "1")
         assert r["status"] == "disable"
         assert kam.rtpengine_enable(edge.rtp_url, True) == "enable"
@@ -131,7 +140,8 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize("via", ["--jsonrpc", "--kamcli"])
 def test_cli_edge(edge: Edge, via: str) -> None:
-    target = [via, edge.url if via == "--jsonrpc" else str(edge.kamcli_ini)]
+    target = ([via, edge.url, "--secret-file", edge.secret_file] if via == "--jsonrpc"
+              else [via, str(edge.kamcli_ini)])
     p = cli("edge", "status", *target, "--json")
     assert p.returncode == 0, p.stderr
     (row,) = json.loads(p.stdout)

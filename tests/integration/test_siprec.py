@@ -93,7 +93,7 @@ def stack(tmp_path_factory):
         callee = CalleeServer("127.0.0.1", ports["callee"])
         cwd = sipp.workdir(work / "sipp")
         uas = sipp.uas(cwd, "127.0.0.1", ports["uas"])
-        events = EventReader((site.edges[0].evapi.address, site.edges[0].evapi.port))
+        events = EventReader.for_edge(st.site, st.edge)
         events.start()
         st.callee, st.sipp_cwd, st.events = callee, cwd, events  # type: ignore[attr-defined]
         try:
@@ -434,7 +434,8 @@ def test_record_cli_uses_the_controller(stack: LabStack) -> None:
 
         def cli(*args: str) -> subprocess.CompletedProcess[str]:
             return subprocess.run([sys.executable, "-m", "orchestrator.cli", "record", *args,
-                                   call.call_id, "--api", stack.api_url, "--json"],
+                                   call.call_id, "--api", stack.api_url, "--site",
+                                   str(stack.site_file), "--json"],
                                   capture_output=True, text=True, timeout=60)
 
         p = cli("pause")
@@ -472,7 +473,7 @@ def test_edge_restart_reconnects_evapi(stack: LabStack) -> None:
     assert stack.metrics()['siprecctl_evapi_reconnects_total{edge="edge1"}'] >= before + 1
     assert "evapi edge1: connection to" in stack.controller_log.read_text()
     stack.events.close()  # type: ignore[attr-defined]
-    events = EventReader((stack.edge.evapi.address, stack.edge.evapi.port))
+    events = EventReader.for_edge(stack.site, stack.edge)
     events.start()
     stack.events = events  # type: ignore[attr-defined]
     call = lab_call(stack, **{"X-Customer-Id": "AFTER-RESTART"})
