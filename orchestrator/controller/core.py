@@ -75,6 +75,7 @@ from .messages import (
     Operator,
     Persist,
     PersistCall,
+    QueryMedia,
     Reply,
     SendFailed,
     SendInvite,
@@ -293,6 +294,17 @@ class CallCore:
         self._emit(Loss(self.call_id, s.session_id if s else None, s.slot if s else None,
                         reason, round(max(0.0, seconds), 3), detail, now))
 
+    def _roles(self, sessions: list[RecordingSession]) -> dict[str, str]:
+        roles = {self.call.from_tag: "caller", self.call.to_tag: "callee"}
+        roles.update({x.sub_to_tag: f"srs {x.srs_uri or '?'}" for x in sessions})
+        return roles
+
+    def _unsubscribe(self, s: RecordingSession) -> None:
+        """Stop forking to ``s`` — after reading rtpengine's counters (the evidence)."""
+        self._emit(QueryMedia(s.session_id, self.node, self.call_id, self._roles([s]),
+                              "before unsubscribe"))
+        self._emit(Unsubscribe(s.session_id, self.node, self.call_id, s.sub_to_tag))
+
     def _new_session(self, slot: int, now: float) -> RecordingSession:
         assert self.group is not None
         s = RecordingSession(
@@ -379,7 +391,7 @@ class CallCore:
             s.metadata = build_metadata(rec)
         except (MetadataError, SipError) as exc:
             self._ev(s, Ev.ERROR, f"cannot build the metadata: {exc}", now)
-            self._emit(Unsubscribe(s.session_id, self.node, self.call_id, s.sub_to_tag))
+            self._unsubscribe(s)
             self._exhaust(s.slot, s, f"cannot build the metadata: {exc}", now, "metadata")
             return
         s.participants = {"caller": rec.participants[0].participant_id,
@@ -396,7 +408,7 @@ class CallCore:
         if srv is None:
             last = s.attempts[-1].outcome if s.attempts else "none tried"
             self._ev(s, Ev.EXHAUSTED, f"no SRS took the session (last: {last})", now)
-            self._emit(Unsubscribe(s.session_id, self.node, self.call_id, s.sub_to_tag))
+            self._unsubscribe(s)
             self._exhaust(s.slot, s, f"no SRS took the session (last: {last})", now,
                           self.slots[s.slot].gap_reason or "no_srs")
             return
@@ -426,7 +438,7 @@ class CallCore:
         if code is not None and code in self.group.no_failover_codes:
             self._ev(s, Ev.EXHAUSTED, f"no SRS took the session: {s.srs_uri} answered "
                      f"{outcome}, a no-failover code", now)
-            self._emit(Unsubscribe(s.session_id, self.node, self.call_id, s.sub_to_tag))
+            self._unsubscribe(s)
             self._exhaust(s.slot, s, f"{s.srs_uri} answered {outcome} (no failover)", now)
             return
         self._emit(Observe("failover", 1, (self.group.name,)))
@@ -491,6 +503,9 @@ class CallCore:
             # makes it final even while delete-delay holds the call
             self._emit(StopLocal(self.node, self.call_id))
         if self.had_subscription:
+            # the edge deleted the call; within delete-delay rtpengine still has its counters
+            self._emit(QueryMedia(None, self.node, self.call_id,
+                                  self._roles(list(self.sessions.values())), "call end"))
             self._emit(DeleteCall(self.node, self.call_id))
 
     def _reinvite(self, ev: CallReinvite, now: float) -> None:
@@ -587,7 +602,7 @@ class CallCore:
                                    s.offer_sdp))
                 self._ev(s, Ev.RESUME, "resumed", now)
             else:
-                self._emit(Unsubscribe(s.session_id, self.node, self.call_id, s.sub_to_tag))
+                self._unsubscribe(s)
                 s.note(f"resume refused by the SRS: {r.code} {r.reason}", now)
                 self.pause_wanted = True
                 self._fail_ops("resume", f"the SRS refused the resume: {r.code} {r.reason}")
@@ -641,8 +656,7 @@ class CallCore:
             if s.live:
                 s.media_until = now
                 if s.state is State.ESTABLISHED and self.live:
-                    self._emit(Unsubscribe(s.session_id, self.node, self.call_id,
-                                           s.sub_to_tag))
+                    self._unsubscribe(s)
                 self._emit(EdgeForget(self.call.edge, r.rs_call_id))
                 s.tx = None
                 self._ev(s, Ev.SRS_BYE, "the SRS ended the session", now)
@@ -740,7 +754,7 @@ class CallCore:
         s.media_until = since if since is not None else now
         self._ev(s, Ev.SRS_LOST, why, now)
         if self.live and not was_paused:
-            self._emit(Unsubscribe(s.session_id, self.node, self.call_id, s.sub_to_tag))
+            self._unsubscribe(s)
         try:
             ruri, hdrs, cseq = s.dialog.request("BYE")
             self._emit(SendRequest(None, self.call.edge, s.dialog.call_id, "BYE", ruri,
@@ -791,7 +805,7 @@ class CallCore:
             # else _pump_close sends the final update, then the BYE, once nothing is pending
         if unsubscribe and self.live and was in (State.SUBSCRIBING, State.SUBSCRIBED,
                                                  State.INVITING, State.ESTABLISHED):
-            self._emit(Unsubscribe(s.session_id, self.node, self.call_id, s.sub_to_tag))
+            self._unsubscribe(s)
         if not s.open and s.dialog is not None and was in (State.ESTABLISHED, State.PAUSED):
             self._emit(EdgeForget(self.call.edge, s.dialog.call_id))
 
@@ -890,7 +904,7 @@ class CallCore:
             offer = bump_version(set_direction(s.offer_sdp, "inactive"))
             # RFC 7866 §7.1.1.1: stop the media first (no audio leaks), then a=inactive;
             # rtpengine 10.5 keeps forking after a=inactive, so the subscription goes
-            self._emit(Unsubscribe(s.session_id, self.node, self.call_id, s.sub_to_tag))
+            self._unsubscribe(s)
             self._request(s, "INVITE", "pause", offer, None, now)
             return
         if s.state is State.PAUSED and not self.pause_wanted and self.wanted:
@@ -941,7 +955,7 @@ class CallCore:
                                   "sendonly")
         except SipError as exc:
             s.note(f"resume: unusable SDP from rtpengine: {exc}", now)
-            self._emit(Unsubscribe(s.session_id, self.node, self.call_id, s.sub_to_tag))
+            self._unsubscribe(s)
             self.pause_wanted = True
             self._fail_ops("resume", str(exc))
             return

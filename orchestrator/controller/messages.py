@@ -12,8 +12,8 @@ from .session import RecordingSession
 
 __all__ = [
     "Action", "CallRecord", "CancelInvite", "DeleteCall", "EdgeForget", "EdgeSdp", "EdgeSip",
-    "EndCall", "Input", "Loss", "NgFailed", "Observe", "Operator", "Persist", "PersistCall",
-    "Reply", "SendFailed", "SendInvite", "SendRequest", "SrsDown", "StartLocal", "StopLocal",
+    "EndCall", "Input", "Loss", "NgFailed", "Observe", "Operator", "Persist", "PersistCall", "QueryMedia",
+    "QueryMedia", "Reply", "SendFailed", "SendInvite", "SendRequest", "SrsDown", "StartLocal", "StopLocal",
     "Subscribe", "SubscribeAnswer", "Subscribed", "Tick", "Unsubscribe",
 ]
 
@@ -111,6 +111,19 @@ class DeleteCall:
 
     node: str
     call_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class QueryMedia:
+    """NG ``query`` of the call, its counters stored as evidence (``roles``: call tag →
+    caller / callee / srs URI). rtpengine 10.5 counts what it *received* per tag; its
+    subscription (SRS) tags count what came back from the SRS, not what was delivered."""
+
+    session_id: str | None
+    node: str
+    call_id: str
+    roles: dict[str, str]
+    why: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,8 +261,8 @@ class Reply:
     result: dict[str, object]
 
 
-Action = (Subscribe | SubscribeAnswer | Unsubscribe | DeleteCall | StartLocal | StopLocal
-          | SendInvite | SendRequest | CancelInvite | EdgeSdp | EdgeForget | EndCall | Persist
+Action = (Subscribe | SubscribeAnswer | Unsubscribe | DeleteCall | QueryMedia | StartLocal
+          | StopLocal | SendInvite | SendRequest | CancelInvite | EdgeSdp | EdgeForget | EndCall | Persist
           | PersistCall | Loss | Observe | Reply)
 
 

@@ -70,6 +70,7 @@ from .messages import (
     Operator,
     Persist,
     PersistCall,
+    QueryMedia,
     Reply,
     SendFailed,
     SendInvite,
@@ -531,6 +532,20 @@ class Controller:
             elif isinstance(a, Unsubscribe):
                 self._ng_quiet(a.node, "unsubscribe", a.call_id,
                                lambda ng: ng.unsubscribe(a.call_id, a.to_tag))
+            elif isinstance(a, QueryMedia):
+                try:
+                    info = self.pool.client(a.node).query(a.call_id)
+                except (NgError, NgTransportError) as exc:
+                    log.debug("call %s: query for evidence: %s", a.call_id, exc)
+                    return
+                now = time.time()
+                rows = [(a.call_id, a.session_id, now, a.why, role, tag, t.packets, t.octets)
+                        for tag, role in a.roles.items()
+                        if (t := info.tags.get(tag)) is not None]
+                try:
+                    self.store.write(media=rows)
+                except SiprecctlError as exc:
+                    log.error("state store: %s", exc)
             elif isinstance(a, DeleteCall):
                 self._ng_quiet(a.node, "delete", a.call_id, lambda ng: ng.delete(a.call_id))
             elif isinstance(a, StartLocal):

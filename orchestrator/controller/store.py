@@ -94,6 +94,17 @@ CREATE TABLE IF NOT EXISTS losses (
     ts REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS losses_call ON losses(call_id);
+CREATE TABLE IF NOT EXISTS media (
+    call_id TEXT NOT NULL,
+    session_id TEXT,
+    ts REAL NOT NULL,
+    why TEXT NOT NULL,
+    role TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    packets INTEGER NOT NULL,
+    bytes INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS media_call ON media(call_id);
 CREATE INDEX IF NOT EXISTS losses_ts ON losses(ts);
 """
 
@@ -155,7 +166,8 @@ class SessionStore:
         self.write(sessions=[s])
 
     def write(self, *, sessions: Iterable[RecordingSession] = (),
-              calls: Iterable[CallRecord] = (), losses: Iterable[Loss] = ()) -> None:
+              calls: Iterable[CallRecord] = (), losses: Iterable[Loss] = (),
+              media: Iterable[tuple[Any, ...]] = ()) -> None:
         """Everything of one batch in one transaction, committed before returning."""
         srows, hrows = [], []
         for s in sessions:
@@ -167,7 +179,8 @@ class SessionStore:
                  for c in calls]
         lrows = [(x.call_id, x.session_id, x.slot, x.reason, x.seconds, x.detail, x.at)
                  for x in losses]
-        if not (srows or crows or lrows):
+        mrows = list(media)  # (call_id, session_id, ts, why, role, tag, packets, bytes)
+        if not (srows or crows or lrows or mrows):
             return
         with self._lock:
             try:
@@ -190,6 +203,8 @@ class SessionStore:
                 if hrows:
                     self._db.executemany(
                         "INSERT OR IGNORE INTO history VALUES (?,?,?,?,?,?,?)", hrows)
+                if mrows:
+                    self._db.executemany("INSERT INTO media VALUES (?,?,?,?,?,?,?,?)", mrows)
                 if lrows:
                     self._db.executemany(
                         "INSERT INTO losses (call_id, session_id, slot, reason, seconds, "
@@ -265,6 +280,10 @@ class SessionStore:
             return self._query("SELECT * FROM losses WHERE call_id=? ORDER BY id", (call_id,))
         return self._query("SELECT * FROM losses WHERE ts >= ? AND ts < ? ORDER BY id",
                            (since, until if until is not None else 1e18))
+
+    def media(self, call_id: str) -> list[dict[str, Any]]:
+        """rtpengine's counters read for a call (each read: why, role, tag, packets)."""
+        return self._query("SELECT * FROM media WHERE call_id=? ORDER BY ts", (call_id,))
 
     def loss_counts(self) -> dict[str, int]:
         with self._lock:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from orchestrator.controller.store import SessionStore
 from orchestrator.lab import sipp
 from orchestrator.lab.events import EventReader
 from orchestrator.lab.procs import free_port, free_ports
@@ -179,6 +180,15 @@ def test_recorded_call_reaches_the_srs(stack: LabStack) -> None:
     with NgClient(("127.0.0.1", stack.site.media.nodes[0].ng.port)) as ng:
         wait(lambda: call_id not in ng.list_calls(1000), stack.site.media.delete_delay + 3,
              "rtpengine to free the call")
+    # evidence: rtpengine's own counters, read by the controller before the call went
+    store = SessionStore(stack.store, readonly=True)
+    try:
+        evidence = wait(lambda: store.media(call_id), 5, "the media counters in the store")
+    finally:
+        store.close()
+    got = {r["role"]: r["packets"] for r in evidence if r["why"] == "call end"}
+    assert set(got) >= {"caller", "callee"}, evidence
+    assert sorted([got["caller"], got["callee"]]) == per_leg  # rtpengine = its own pcap
     final = sessions_of(stack, call_id)
     assert [x["state"] for x in final] == ["closed"]
 

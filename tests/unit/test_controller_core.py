@@ -238,7 +238,7 @@ def test_call_end_while_inviting_cancels_and_counts_the_unrecorded_call() -> Non
     h = Harness()
     inv = h.last(SendInvite, h.subscribed(h.start()))
     acts = h.feed(CallEnded("edge1", "call-1", T0 + 1.5, by="caller"), 1.5)
-    assert kinds(acts) == ["Loss", "CancelInvite", "DeleteCall"]
+    assert kinds(acts) == ["Loss", "CancelInvite", "QueryMedia", "DeleteCall"]
     assert h.losses() == [("not_established", 1.5)]
     late = h.answer(inv)
     assert h.last(SendRequest, late).method == "BYE"
@@ -377,7 +377,8 @@ def test_operator_pause_resume_stop() -> None:
     h = Harness()
     h.establish()
     acts = h.feed(Operator("pause", 1, "ops@127.0.0.1"), 1)
-    assert kinds(acts) == ["Unsubscribe", "SendRequest"]  # media stops before a=inactive
+    # the counters are read, then the media stops, before a=inactive
+    assert kinds(acts) == ["QueryMedia", "Unsubscribe", "SendRequest"]
     pause = h.last(SendRequest, acts)
     assert b"a=inactive" in pause.body
     acts = h.answer(pause, body=b"")
@@ -393,7 +394,7 @@ def test_operator_pause_resume_stop() -> None:
     assert kinds(acts)[:2] == ["SubscribeAnswer", "EdgeSdp"]
     assert h.last(Reply, acts).ok and h.session().state is State.ESTABLISHED
     acts = h.feed(Operator("stop", 4, "ops@127.0.0.1"), 1)
-    assert kinds(acts) == ["Loss", "Unsubscribe", "SendRequest"]  # the final update
+    assert kinds(acts) == ["Loss", "QueryMedia", "Unsubscribe", "SendRequest"]  # final update
     assert not [a for a in acts if isinstance(a, Reply)]  # answered once the BYE is
     acts = h.answer(h.last(SendRequest, h.answer(h.last(SendRequest, acts))))
     rep = h.last(Reply, acts)
@@ -443,7 +444,8 @@ def test_adopt_after_restart() -> None:
     inviting = h3.session()
     h4 = Harness(selector=SrsSelector({"g": group()}))
     acts = [a for a in h4.core.adopt([inviting], set(), T0 + 60) if not isinstance(a, Persist)]
-    assert kinds(acts)[:2] == ["CancelInvite", "Unsubscribe"] and kinds(acts)[-1] == "Subscribe"
+    assert kinds(acts)[:3] == ["CancelInvite", "QueryMedia", "Unsubscribe"]
+    assert kinds(acts)[-1] == "Subscribe"
 
 
 # ------------------------------------------------------------------------------ selection
@@ -525,7 +527,7 @@ def test_a_call_that_ended_while_the_controller_was_down_gets_its_final_update_a
     h2.core.sessions[est.session_id] = est
     h2.core.had_subscription = True
     acts = [a for a in h2.core.end_orphaned(T0 + 60) if not isinstance(a, Persist)]
-    assert kinds(acts) == ["DeleteCall", "SendRequest"]
+    assert kinds(acts) == ["DeleteCall", "SendRequest"]  # nothing left to query
     final = h2.last(SendRequest, acts)
     assert final.method == "INVITE" and b"<stop-time>" in final.body
     assert "Unsubscribe" not in kinds(acts)  # the edge deleted the call: never unsubscribe
