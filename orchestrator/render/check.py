@@ -19,9 +19,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..daemons import RTPENGINE_BIN, Kamailio, Rtpengine, free_port, kamailio_check, tcp_open
 from ..errors import KamailioError, LabError
 from ..kamailio import HttpRpcTransport, KamailioClient
-from ..lab.procs import RTPENGINE_BIN, Kamailio, Rtpengine, free_port, kamailio_check, tcp_open
 from ..site.loader import validate_data
 from ..site.model import Site
 from . import render_site, write

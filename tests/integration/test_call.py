@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.daemons import Kamailio, Rtpengine
 from orchestrator.errors import NgError
 from orchestrator.lab import sipp
 from orchestrator.lab.events import EventReader
-from orchestrator.lab.procs import Kamailio, Rtpengine
 from orchestrator.ng import NgClient
 from tests.conftest import ROOT
 

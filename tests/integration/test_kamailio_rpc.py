@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
+from orchestrator.daemons import Kamailio, Rtpengine, free_port, free_ports
 from orchestrator.errors import KamailioError, KamailioRpcError, KamailioUnreachable
 from orchestrator.kamailio import HttpRpcTransport, KamailioClient, KamcliTransport
-from orchestrator.lab.procs import Kamailio, Rtpengine, free_port, free_ports
 
 pytestmark = pytest.mark.integration
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
+from orchestrator.daemons import Rtpengine, free_port
 from orchestrator.errors import NgError, NgUnsupported
-from orchestrator.lab.procs import Rtpengine, free_port
 from orchestrator.ng import NgClient, Reply, UdpTransport
 from orchestrator.ng.codec import decode_message
 
