@@ -9,19 +9,33 @@ from hypothesis import strategies as st
 
 from orchestrator.errors import SipError
 from orchestrator.sip import (
+    T1,
+    T2,
+    T4,
     Retransmitter,
     StreamFramer,
+    Timers,
     build_message,
     build_response,
+    contact_uri,
+    format_name_addr,
+    is_loose_router,
     lenient_message,
+    next_hop,
     parse_cseq,
     parse_name_addr,
     parse_sip_message,
     parse_uri,
     parse_via,
+    quote_string,
     request_problem,
+    request_target,
+    route_set,
+    route_uri,
+    sip_safe,
     split_commas,
     tag_of,
+    unquote_string,
 )
 
 INVITE = (
@@ -254,3 +268,126 @@ def test_lenient_message_and_request_problem_never_crash(junk: bytes, prefix: by
         return
     if parsed.method is not None:
         request_problem(parsed)
+
+
+# --------------------------------------------------------------------------- CR/LF guard, name-addr
+
+@pytest.mark.parametrize("bad", ["x\r\nVia: evil", "tag\n", "a\0b", "\r"])
+def test_sip_safe_refuses_cr_lf_nul(bad: str) -> None:
+    assert sip_safe("fine; tag=1", "value") == "fine; tag=1"
+    with pytest.raises(SipError, match="value contains CR, LF or NUL"):
+        sip_safe(bad, "value")
+
+
+@pytest.mark.parametrize(("start", "headers"), [
+    ("SIP/2.0 200 OK", [("X", "a\0b")]), ("SIP/2.0 200 OK", [("X\r\nY", "1")]),
+    ("OPTIONS sip:a SIP/2.0\r\nX: injected", []),
+])
+def test_build_message_refuses_nul_and_crlf_anywhere(start: str,
+                                                      headers: list[tuple[str, str]]) -> None:
+    with pytest.raises(SipError):
+        build_message(start, headers)
+
+
+@pytest.mark.parametrize(("display", "quoted"), [
+    ('Alice "Al" Smith', r'"Alice \"Al\" Smith"'), ("back\\slash", r'"back\\slash"'),
+    ("tab\tok", '"tab\tok"'), ("bell\x07", '"bell\\\x07"'), ("Zoë", '"Zoë"'),
+])
+def test_quote_string_escapes_quoted_pairs(display: str, quoted: str) -> None:
+    assert quote_string(display) == quoted
+    assert unquote_string(quoted) == display
+
+
+def test_format_name_addr() -> None:
+    assert format_name_addr("sip:a@b") == "<sip:a@b>"
+    assert format_name_addr("sip:a@b;transport=tcp", 'A "x"', (("tag", "t1"), ("+sip.src", None))) \
+        == r'"A \"x\"" <sip:a@b;transport=tcp>;tag=t1;+sip.src'
+    for uri, display in (("sip:a@b>", None), ("sip:a b@c", None), ("sip:a@b", "x\r\ny")):
+        with pytest.raises(SipError):
+            format_name_addr(uri, display)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(blacklist_characters="\r\n\0",
+                                      blacklist_categories=("Cs",)), min_size=1, max_size=40))
+def test_name_addr_round_trip(display: str) -> None:
+    value = format_name_addr("sip:alice@example.com", display, (("tag", "t1"),))
+    na = parse_name_addr(value)
+    assert (na.display, na.uri, na.param("tag")) == (display, "sip:alice@example.com", "t1")
+    assert tag_of(value) == "t1"
+    assert split_commas(value + ", <sip:b@c>") == [value, "<sip:b@c>"]
+    assert parse_name_addr(na.format()) == na
+
+
+def test_contact_uri_takes_the_first_contact() -> None:
+    assert contact_uri('"a, b" <sip:x@y;transport=tcp>;+sip.src, <sip:z@w>') == \
+        "sip:x@y;transport=tcp"
+    with pytest.raises(SipError):
+        contact_uri("")
+
+
+def test_response_copies_record_route_when_asked() -> None:
+    req = parse_sip_message(INVITE.replace(b"Record-Route: <sip:10.0.0.9;lr>\r\n",
+                                           b"Record-Route: <sip:10.0.0.9;lr>, <sip:10.0.0.8;lr>\r\n"))
+    assert parse_sip_message(build_response(req, 200)).header("record-route") is None
+    resp = parse_sip_message(build_response(req, 200, to_tag="t", record_route=True))
+    assert resp.header_all("record-route") == ["<sip:10.0.0.9;lr>, <sip:10.0.0.8;lr>"]
+
+
+# --------------------------------------------------------------------------- route sets
+
+def test_route_set_is_record_route_in_order_for_the_uas_reversed_for_the_uac() -> None:
+    rr = ["<sip:p1.example;lr>, <sip:p2.example;lr;r2=on>", "<sip:p3.example;lr>;x=1"]
+    uas = ("<sip:p1.example;lr>", "<sip:p2.example;lr;r2=on>", "<sip:p3.example;lr>;x=1")
+    assert route_set(rr, uac=False) == uas
+    assert route_set(rr, uac=True) == tuple(reversed(uas))
+    assert route_set([], uac=True) == ()
+    assert [route_uri(r) for r in uas] == ["sip:p1.example;lr", "sip:p2.example;lr;r2=on",
+                                           "sip:p3.example;lr"]
+
+
+@pytest.mark.parametrize(("route", "loose"), [
+    ("<sip:p1.example;lr>", True), ("<sip:p1.example;LR=on;transport=tcp>", True),
+    ("sip:10.0.0.1;lr", True), ("<sip:p1.example;transport=udp>", False),
+    ("<sip:p1.example>;lr", False),  # a header parameter, not the URI's
+    ("<sip:p1.example;lrx=1>", False), ("<sip:lr.example;ftag=a;lr2>", False),
+    ("<sip:a@b;x=1;lr?h=v>", True), ("<tel:+1555;lr>", False), ("garbage;lr", False),
+])
+def test_loose_router_is_the_uris_own_lr_parameter(route: str, loose: bool) -> None:
+    assert is_loose_router(route) is loose
+
+
+def test_request_target_loose_and_strict_routing() -> None:
+    target = "sip:srs@10.0.0.5:5090"
+    assert request_target([], target) == (target, [])
+    loose = ["<sip:p1;lr>", "<sip:p2;lr>"]
+    assert request_target(loose, target) == (target, loose)
+    # RFC 3261 §12.2.1.1: a strict router becomes the Request-URI, the target the last Route
+    assert request_target(["<sip:p1>", "<sip:p2;lr>"], target) == \
+        ("sip:p1", ["<sip:p2;lr>", f"<{target}>"])
+    assert next_hop(loose, target).host == "p1"
+    assert next_hop([], target).default_port() == 5090
+
+
+# --------------------------------------------------------------------------- timers
+
+def test_timers_table() -> None:
+    t = Timers()
+    assert t.invite_request(0.0).schedule() == [0.5, 1.5, 3.5, 7.5, 15.5, 31.5]  # Timer A, B
+    assert t.non_invite_request(0.0).schedule() == \
+        [0.5, 1.5, 3.5, 7.5, 11.5, 15.5, 19.5, 23.5, 27.5, 31.5]  # Timer E to T2, F
+    assert t.invite_response(0.0).schedule() == t.non_invite_request(0.0).schedule()  # G, H
+    assert (t.timer_b, t.timer_h, T1, T2, T4) == (32.0, 32.0, 0.5, 4.0, 5.0)
+    assert Timers(0.05, 0.4, transaction=1.0).request("INVITE", 0.0).schedule() == \
+        [0.05, 0.15, 0.35, 0.75]
+    assert Timers(0.05, 0.4, transaction=1.0).request("BYE", 0.0).schedule() == \
+        [0.05, 0.15, 0.35, 0.75]
+
+
+def test_reliable_transport_only_waits_and_provisional_stops_timer_a() -> None:
+    r = Timers().invite_request(0.0, reliable=True)
+    assert [r.poll(now) for now in (0.5, 1.5, 31.9, 32.0)] == ["wait", "wait", "wait", "expired"]
+    a = Timers().invite_request(0.0)
+    assert a.poll(0.5) == "send"
+    a.stop_retransmitting()  # a 1xx: Proceeding (RFC 3261 §17.1.1.2)
+    assert a.wake_at() == 32.0 and a.poll(20.0) == "wait"
