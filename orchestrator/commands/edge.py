@@ -11,11 +11,8 @@ import argparse
 import sys
 from typing import Any
 
+from ..errors import UsageError
 from ._output import add_json_flag, print_json, print_table
-
-
-class UsageError(Exception):
-    """Bad option combination (exit 2)."""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -23,7 +20,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("status", help="per edge: version, uptime, dialogs, rtpengine nodes")
     _target_args(p)
     add_json_flag(p)
-    p.set_defaults(func=lambda a: _guard(run_status, a))
+    p.set_defaults(func=run_status)
     rp = sub.add_parser("rtpengine", help="show/enable/disable the edge's rtpengine nodes")
     rsub = rp.add_subparsers(dest="rtp_cmd", metavar="ACTION", required=True)
     for action, text in (("show", "the nodes as the edge sees them"),
@@ -34,7 +31,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                        default="all", help="media node name, rtpengine URL, or 'all'")
         _target_args(q)
         add_json_flag(q)
-        q.set_defaults(func=lambda a: _guard(run_rtpengine, a), rtp_action=action)
+        q.set_defaults(func=run_rtpengine, rtp_action=action)
 
 
 def _target_args(p: argparse.ArgumentParser) -> None:
@@ -44,14 +41,6 @@ def _target_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--jsonrpc", metavar="URL", help="JSON-RPC URL, e.g. http://127.0.0.1:5071/RPC")
     g.add_argument("--kamcli", metavar="INI", help="use kamcli with this kamcli.ini instead")
     g.add_argument("--timeout", type=float, default=5.0, metavar="S")
-
-
-def _guard(func: Any, args: argparse.Namespace) -> int:
-    try:
-        return int(func(args))
-    except UsageError as exc:
-        print(f"siprecctl: {exc}", file=sys.stderr)
-        return 2
 
 
 def _clients(args: argparse.Namespace) -> tuple[list[tuple[str, Any]], Any]:
