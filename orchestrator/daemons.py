@@ -174,6 +174,16 @@ class Daemon:
         finally:
             self.stop()
 
+    def exit_status(self, timeout: float = 0.0) -> int | None:
+        """The exit status once the process has exited (waiting up to ``timeout``), or None
+        while it runs (or was never started)."""
+        if self.proc is None:
+            return None
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 

@@ -192,7 +192,11 @@ def smoke(site: Site, workdir: Path) -> list[Finding]:
                     msg += f"; not answering: {', '.join(dead)}"
                 findings.append(Finding("smoke-kamailio", e.name, ok, msg, str(cfg)))
             except (LabError, KamailioError, OSError, ValueError) as exc:
-                findings.append(Finding("smoke-kamailio", e.name, False, str(exc), str(cfg)))
+                msg = str(exc)
+                status = None if isinstance(exc, LabError) else kam.exit_status(2.0)
+                if status is not None:  # it listened, then died (e.g. TLS set up in a child)
+                    msg = f"kamailio exited with status {status}: {kam.log_errors()}"
+                findings.append(Finding("smoke-kamailio", e.name, False, msg, str(cfg)))
     finally:
         for p in reversed(started):
             p.stop()
