@@ -17,8 +17,8 @@ Protocol code is sans-IO (:mod:`orchestrator.sip`, :mod:`.sip`, :mod:`.sdp`, :mo
 
 from __future__ import annotations
 
-from .media import PcapWriter, RtpPortPool, WavWriter, parse_rtp
 from .config import Behaviour, SrsConfig
+from .media import PcapWriter, RtpPortPool, WavWriter, parse_rtp
 from .server import SrsServer
 from .session import SRS_RULES, SrsFinding, SrsSession, StreamStats
 
