@@ -84,6 +84,13 @@ def open_targets(args: argparse.Namespace, *, all_nodes: bool) -> list[tuple[str
     return [(n.name, n.client) for n in open_pool(args, all_nodes=all_nodes)]
 
 
+def run_guarded(func: Any, args: argparse.Namespace) -> int:
+    """``func(args)``. Usage errors are :class:`~orchestrator.errors.UsageError` now, handled
+    (exit 2) by the one handler in ``cli.py``; kept only for command modules still written
+    against it (``commands/losses.py`` on main), to be removed with that call."""
+    return int(func(args))
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="ng_cmd", metavar="ACTION", required=True)
     p = sub.add_parser("ping", help="NG ping; prints the round trip")
