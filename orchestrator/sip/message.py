@@ -137,6 +137,9 @@ def request_problem(msg: SipMessage) -> str | None:
     for name in _REQUIRED:
         if msg.header(name) is None:
             return f"missing {name} header"
+    for name, value in msg.headers:
+        if "\0" in value:  # could not be copied into a response (build_message refuses it)
+            return f"{name} header contains NUL"
     try:
         _number, method = parse_cseq(msg.header("cseq"))
         top_via(msg)

@@ -155,6 +155,7 @@ def test_100_has_no_to_tag_and_existing_tags_are_kept() -> None:
     ((b"CSeq: 7 INVITE", b"CSeq: seven INVITE"), "malformed CSeq"),
     ((b"From: <sip:siprec-src@127.0.0.1>", b"From: <sip:siprec-src@127.0.0.1"), "missing '>'"),
     ((b"SIP/2.0/UDP 10.0.0.5:5060", b"SIP/3.0/UDP 10.0.0.5:5060"), "malformed Via"),
+    ((b"Call-ID: siprec-1", b"Call-ID: siprec\x00-1"), "call-id header contains NUL"),
 ])
 def test_request_problem(mutation: tuple[bytes, bytes], problem: str) -> None:
     msg = parse_sip_message(INVITE.replace(*mutation))
