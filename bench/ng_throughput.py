@@ -53,7 +53,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from orchestrator.lab.procs import Rtpengine, free_port  # noqa: E402
+from orchestrator.daemons import Rtpengine, free_port  # noqa: E402
 from orchestrator.ng import NgClient  # noqa: E402
 from orchestrator.ng.codec import Encoding, bencode_encode, json_encode  # noqa: E402
 

@@ -74,10 +74,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if func is None:
         parser.print_help(sys.stderr)
         return 2
-    from .errors import SiprecctlError
+    from .errors import SiprecctlError, UsageError
 
     try:
         return int(func(args) or 0)
+    except UsageError as exc:  # named after the command, like argparse's own usage errors
+        print(f"siprecctl {args.command}: {exc}", file=sys.stderr)
+        return exc.exit_code
     except SiprecctlError as exc:
         print(f"siprecctl: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -5,6 +5,7 @@ errors (sockets, subprocesses, parsers) are translated at the boundary
 (``raise NgTimeout(...) from exc``), so callers never see a traceback from deep inside::
 
     SiprecctlError
+    ├── UsageError                 a command-line value or combination that cannot be used
     ├── SiteError                  site file: file, line, key path, what was expected
     │   └── SiteErrors             several SiteError at once (all problems of one file)
     ├── RenderError                template or output-directory problems
@@ -27,7 +28,9 @@ errors (sockets, subprocesses, parsers) are translated at the boundary
     ├── ControllerError            controller / session state machine problems
     │   ├── IllegalTransition      a move the transition table does not allow
     │   └── ControllerUnreachable  no controller API at the address
-    └── LabError                   lab topology / process supervision
+    └── LabError                   lab topology / process supervision (orchestrator.daemons)
+
+Exit codes (``exit_code``): 1 by default, 2 for :class:`UsageError`, 3 for the unreachable.
 """
 
 from __future__ import annotations
@@ -37,6 +40,12 @@ class SiprecctlError(Exception):
     """Base of every error siprecctl raises on purpose."""
 
     exit_code = 1
+
+
+class UsageError(SiprecctlError):
+    """A command-line value or option combination that cannot be used."""
+
+    exit_code = 2
 
 
 class SiteError(SiprecctlError):

@@ -1,23 +1,17 @@
-"""Shared test helpers. Integration tests run the real daemons (installed by scripts/setup)."""
+"""Shared test helpers, for unit and integration tests. The integration tests' fixtures
+(real daemons) are in ``tests/integration/conftest.py``: unit tests need no daemon."""
 
 from __future__ import annotations
 
-import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
-
-import pytest
+from typing import TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
 
-
-@pytest.fixture(scope="session", autouse=True)
-def _daemons_installed() -> None:
-    # A missing daemon is a set-up bug: fail loudly, never skip.
-    missing = [b for b in ("kamailio", "rtpengine", "sipp", "kamcli") if not shutil.which(b)
-               and not Path("/usr/sbin", b).exists()]
-    assert not missing, f"run ./scripts/setup: missing {missing}"
-
+T = TypeVar("T")
 
 def lab_secrets(tmp: Path, cfg_text: str) -> tuple[str, object]:
     """The committed lab config (text) with its secrets include pointed at a fresh secrets
@@ -36,3 +30,18 @@ def lab_secrets(tmp: Path, cfg_text: str) -> tuple[str, object]:
     assert old in cfg_text, old  # the lab config changed: update this helper
     return (cfg_text.replace(old, str(kamailio_include_path(site, "edge1"))),
             edge_secrets(site, "edge1"))
+
+
+
+def wait_for(predicate: Callable[[], T], timeout: float = 10.0, what: str = "condition",
+             interval: float = 0.05) -> T:
+    """Poll ``predicate`` until it returns something true, and return that; fail the test
+    naming ``what`` if the deadline passes first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)

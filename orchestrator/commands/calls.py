@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import quote
 
 from ._output import add_json_flag, print_json, print_table
-from .ng import add_target_args, open_targets, run_guarded
+from .ng import add_target_args, open_targets
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -27,7 +27,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="rtpengine recording-dir (default: the site's, when readable)")
     parser.add_argument("--limit", type=int, default=1000, help="calls per node (default 1000)")
     add_json_flag(parser)
-    parser.set_defaults(func=lambda a: run_guarded(run, a))
+    parser.set_defaults(func=run)
 
 
 def recording_state(rec_dir: Path | None, call_id: str) -> bool | None:

@@ -11,11 +11,8 @@ import argparse
 import sys
 from typing import Any
 
+from ..errors import UsageError
 from ._output import add_json_flag, print_json, print_table
-
-
-class UsageError(Exception):
-    """Bad option combination (exit 2)."""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -23,7 +20,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("status", help="per edge: version, uptime, dialogs, rtpengine nodes")
     _target_args(p)
     add_json_flag(p)
-    p.set_defaults(func=lambda a: _guard(run_status, a))
+    p.set_defaults(func=run_status)
     rp = sub.add_parser("rtpengine", help="show/enable/disable the edge's rtpengine nodes")
     rsub = rp.add_subparsers(dest="rtp_cmd", metavar="ACTION", required=True)
     for action, text in (("show", "the nodes as the edge sees them"),
@@ -34,7 +31,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                        default="all", help="media node name, rtpengine URL, or 'all'")
         _target_args(q)
         add_json_flag(q)
-        q.set_defaults(func=lambda a: _guard(run_rtpengine, a), rtp_action=action)
+        q.set_defaults(func=run_rtpengine, rtp_action=action)
 
 
 def _target_args(p: argparse.ArgumentParser) -> None:
@@ -46,14 +43,6 @@ def _target_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--secret-file", metavar="PATH",
                    help="with --jsonrpc: the edge's jsonrpc-<edge>.secret (owner-only file)")
     g.add_argument("--timeout", type=float, default=5.0, metavar="S")
-
-
-def _guard(func: Any, args: argparse.Namespace) -> int:
-    try:
-        return int(func(args))
-    except UsageError as exc:
-        print(f"siprecctl: {exc}", file=sys.stderr)
-        return 2
 
 
 def _clients(args: argparse.Namespace) -> tuple[list[tuple[str, Any]], Any]:
@@ -132,7 +121,13 @@ def run_status(args: argparse.Namespace) -> int:
 def run_rtpengine(args: argparse.Namespace) -> int:
     from ..errors import KamailioError
 
-    clients, site = _clients(args)
+    # the node name is checked before any secret is read: a typo is a usage error
+    if args.jsonrpc or args.kamcli:
+        site = None
+    else:
+        from ..site import load
+
+        site = load(args.site)
     url = args.node
     if url != "all" and ":" not in url:
         by_name = {v: k for k, v in _node_names(site).items()}
@@ -141,6 +136,7 @@ def run_rtpengine(args: argparse.Namespace) -> int:
                 f" (nodes: {', '.join(by_name)})" if by_name else
                 "; without a site give the rtpengine URL, e.g. udp:127.0.0.1:2223"))
         url = by_name[url]
+    clients, site = _clients(args)
     names = _node_names(site)
     out: list[dict[str, Any]] = []
     code = 0

@@ -21,17 +21,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--since", metavar="T", help="ISO time or seconds ago (e.g. 3600)")
     parser.add_argument("--summary", action="store_true", help="counts and seconds by reason")
     add_json_flag(parser)
-    parser.set_defaults(func=_guarded)
-
-
-def _guarded(args: argparse.Namespace) -> int:
-    from .ng import run_guarded
-
-    return run_guarded(run, args)
+    parser.set_defaults(func=run)
 
 
 def _since(value: str | None) -> float:
-    from .ng import UsageError
+    from ..errors import UsageError
 
     if value is None:
         return 0.0

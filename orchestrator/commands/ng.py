@@ -15,16 +15,14 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+from ..errors import UsageError
 from ._output import add_json_flag, print_json
 
 if TYPE_CHECKING:
     from ..ng.client import NgClient
+    from ..ng.pool import NodePool
 
 EXIT_OK, EXIT_NG_ERROR, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
-
-
-class UsageError(Exception):
-    """Bad option combination (exit 2)."""
 
 
 def add_target_args(p: argparse.ArgumentParser) -> None:
@@ -48,9 +46,10 @@ def parse_hostport(value: str, option: str = "--ng") -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def open_targets(args: argparse.Namespace, *, all_nodes: bool) -> list[tuple[str, NgClient]]:
-    """(name, client) for each target the options select; the caller closes the clients."""
+def open_pool(args: argparse.Namespace, *, all_nodes: bool) -> NodePool:
+    """The nodes the options select, as a pool; the caller closes it."""
     from ..ng.client import NgClient
+    from ..ng.pool import Node, NodePool, NodeState
 
     if args.ng:
         if args.site or args.node:
@@ -60,9 +59,9 @@ def open_targets(args: argparse.Namespace, *, all_nodes: bool) -> list[tuple[str
         kind = args.transport or "udp"
         if args.encoding == "json" and kind == "tcp":
             raise UsageError("TCP-NG carries bencode only")
-        return [(args.ng, NgClient(addr, transport=kind, encoding=args.encoding,
-                                   timeout=args.timeout))]
-    from ..ng.pool import NodePool
+        client = NgClient(addr, transport=kind, encoding=args.encoding, timeout=args.timeout)
+        state = NodeState(args.ng, 0, 1, f"{kind}:{addr[0]}:{addr[1]}")
+        return NodePool([Node(args.ng, 0, 1, client, state)])
     from ..site import load
 
     site = load(args.site)
@@ -74,23 +73,15 @@ def open_targets(args: argparse.Namespace, *, all_nodes: bool) -> list[tuple[str
                              f"(nodes: {', '.join(n.name for n in site.media.nodes)})")
     elif not (all_nodes and args.site):
         specs = specs[:1]
-    out = []
-    for spec in specs:
-        opts: dict[str, Any] = {"timeout": args.timeout}
-        if args.encoding:
-            opts["encoding"] = args.encoding
-        node = NodePool.node_from_spec(spec, **opts)
-        out.append((spec.name, node.client))
-    return out
+    opts: dict[str, Any] = {"timeout": args.timeout}
+    if args.encoding:
+        opts["encoding"] = args.encoding
+    return NodePool(NodePool.node_from_spec(spec, **opts) for spec in specs)
 
 
-def run_guarded(func: Any, args: argparse.Namespace) -> int:
-    """Map usage problems to exit 2 (rtpengine errors/timeouts map via the error tree)."""
-    try:
-        return int(func(args))
-    except UsageError as exc:
-        print(f"siprecctl: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+def open_targets(args: argparse.Namespace, *, all_nodes: bool) -> list[tuple[str, NgClient]]:
+    """(name, client) for each target the options select; the caller closes the clients."""
+    return [(n.name, n.client) for n in open_pool(args, all_nodes=all_nodes)]
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -98,21 +89,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("ping", help="NG ping; prints the round trip")
     add_target_args(p)
     add_json_flag(p)
-    p.set_defaults(func=lambda a: run_guarded(run_ping, a))
+    p.set_defaults(func=run_ping)
     p = sub.add_parser("list", help="call-ids of active calls")
     add_target_args(p)
     p.add_argument("--limit", type=int, default=1000, help="at most this many (default 1000)")
     add_json_flag(p)
-    p.set_defaults(func=lambda a: run_guarded(run_list, a))
+    p.set_defaults(func=run_list)
     p = sub.add_parser("query", help="one call: participants, labels, packets")
     p.add_argument("call_id", metavar="CALL-ID")
     add_target_args(p)
     add_json_flag(p)
-    p.set_defaults(func=lambda a: run_guarded(run_query, a))
+    p.set_defaults(func=run_query)
     p = sub.add_parser("stats", help="rtpengine statistics (NG 'statistics')")
     add_target_args(p)
     add_json_flag(p)
-    p.set_defaults(func=lambda a: run_guarded(run_stats, a))
+    p.set_defaults(func=run_stats)
 
 
 def _each(args: argparse.Namespace, all_nodes: bool, op: Any) -> tuple[list[Any], int]:
@@ -165,28 +156,15 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_query(args: argparse.Namespace) -> int:
-    from ..errors import NgError
-
-    targets = open_targets(args, all_nodes=True)
-    try:
-        # several nodes: the call lives on one of them; an error elsewhere is expected
-        last: Exception | None = None
-        for name, client in targets:
-            try:
-                info = client.query(args.call_id)
-            except NgError as exc:
-                last = exc
-                continue
-            if args.json:
-                print_json({"node": name, **info.reply.to_json()})
-            else:
-                _print_call(name, info)
-            return EXIT_OK
-        assert last is not None
-        raise last
-    finally:
-        for _, c in targets:
-            c.close()
+    with open_pool(args, all_nodes=True) as pool:
+        # several nodes: the call lives on one of them
+        node = pool.node_of(args.call_id, timeout=args.timeout)
+        info = node.client.query(args.call_id)
+        if args.json:
+            print_json({"node": node.name, **info.reply.to_json()})
+        else:
+            _print_call(node.name, info)
+    return EXIT_OK
 
 
 def _print_call(node: str, info: Any) -> None:

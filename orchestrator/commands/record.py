@@ -16,8 +16,9 @@ import sys
 import urllib.parse
 from typing import Any
 
+from ..errors import UsageError
 from ._output import add_json_flag, print_json
-from .ng import EXIT_OK, UsageError, add_target_args, open_targets, run_guarded
+from .ng import EXIT_OK, add_target_args, open_pool
 
 ACTIONS = {"start": "start recording a call", "stop": "stop recording a call",
            "pause": "pause a call's SIPREC recording (controller)",
@@ -46,7 +47,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                                 "(direct mode; the last one given wins)")
         add_target_args(p)
         add_json_flag(p)
-        p.set_defaults(func=lambda a: run_guarded(run, a), action=action)
+        p.set_defaults(func=run, action=action)
 
 
 def _api_target(args: argparse.Namespace) -> Any:
@@ -116,29 +117,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _direct(args: argparse.Namespace) -> int:
-    from ..errors import NgError
-
-    targets = open_targets(args, all_nodes=True)
-    try:
-        last: NgError | None = None
-        for name, client in targets:
-            op = client.start_recording if args.action == "start" else client.stop_recording
-            try:
-                op(args.call_id, from_tag=args.from_tag, metadata=args.metadata)
-            except NgError as exc:
-                # with several nodes the call lives on one; "Unknown call-id" elsewhere
-                last = exc
-                if len(targets) > 1 and "Unknown call" in exc.reason:
-                    continue
-                raise
-            if args.json:
-                print_json({"node": name, "call_id": args.call_id, "recording": args.action})
-            else:
-                print(f"{name}: recording {'started' if args.action == 'start' else 'stopped'}"
-                      f" for {args.call_id}", file=sys.stderr)
-            return EXIT_OK
-        assert last is not None
-        raise last
-    finally:
-        for _, c in targets:
-            c.close()
+    with open_pool(args, all_nodes=True) as pool:
+        node = pool.node_of(args.call_id, timeout=args.timeout)  # several nodes: its own
+        op = node.client.start_recording if args.action == "start" else \
+            node.client.stop_recording
+        op(args.call_id, from_tag=args.from_tag, metadata=args.metadata)
+    if args.json:
+        print_json({"node": node.name, "call_id": args.call_id, "recording": args.action})
+    else:
+        print(f"{node.name}: recording {'started' if args.action == 'start' else 'stopped'}"
+              f" for {args.call_id}", file=sys.stderr)
+    return EXIT_OK

@@ -29,13 +29,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="skip reconciliation with the daemons at start")
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    parser.set_defaults(func=lambda a: _guarded(a))
+    parser.set_defaults(func=run)
 
 
 def _addr(value: str) -> tuple[str, int]:
     import ipaddress
 
-    from .ng import UsageError, parse_hostport
+    from ..errors import UsageError
+    from .ng import parse_hostport
 
     host, port = parse_hostport(value, "--api")
     try:
@@ -46,12 +47,6 @@ def _addr(value: str) -> tuple[str, int]:
         # security by default: the API starts and stops recordings
         raise UsageError(f"--api: {host} is not a loopback or private address")
     return host, port
-
-
-def _guarded(args: argparse.Namespace) -> int:
-    from .ng import run_guarded
-
-    return run_guarded(run, args)
 
 
 def _refused(controller: Any) -> None:

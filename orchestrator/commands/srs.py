@@ -19,15 +19,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import LabError
+from ..errors import LabError, UsageError
 from ._output import add_json_flag
 
 if TYPE_CHECKING:
     from ..lab.srs import SrsConfig, SrsSession
-
-
-class _Usage(Exception):
-    """A command-line value that cannot be used (exit 2)."""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -73,23 +69,23 @@ def _listen(value: str) -> tuple[str, int]:
     try:
         ipaddress.IPv4Address(host)
     except ValueError:
-        raise _Usage(f"--listen {value!r}: expected an IPv4 address[:port]") from None
+        raise UsageError(f"--listen {value!r}: expected an IPv4 address[:port]") from None
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise _Usage(f"--listen {value!r}: port must be 1-65535")
+        raise UsageError(f"--listen {value!r}: port must be 1-65535")
     return host, int(port_text)
 
 
 def _range(value: str) -> tuple[int, int]:
     low, sep, high = value.partition("-")
     if not (sep and low.isdigit() and high.isdigit()) or not 0 < int(low) <= int(high) < 65536:
-        raise _Usage(f"--rtp-ports {value!r}: expected LOW-HIGH within 1-65535")
+        raise UsageError(f"--rtp-ports {value!r}: expected LOW-HIGH within 1-65535")
     return int(low), int(high)
 
 
 def _transports(value: str) -> tuple[str, ...]:
     items = tuple(dict.fromkeys(t.strip().lower() for t in value.split(",") if t.strip()))
     if not items or not set(items) <= {"udp", "tcp"}:
-        raise _Usage(f"--transport {value!r}: expected udp, tcp or udp,tcp")
+        raise UsageError(f"--transport {value!r}: expected udp, tcp or udp,tcp")
     return items
 
 
@@ -99,17 +95,21 @@ def _config(args: argparse.Namespace) -> SrsConfig:
     host, port = _listen(args.listen)
     ip = ipaddress.IPv4Address(host)
     if not args.allow_public and (ip.is_unspecified or not (ip.is_loopback or ip.is_private)):
-        raise _Usage(f"--listen {host}: not a loopback or private address (use a specific "
+        raise UsageError(f"--listen {host}: not a loopback or private address (use a specific "
                      "address, or --allow-public to listen there)")
     low, high = _range(args.rtp_ports)
-    behaviour = Behaviour(reject=args.reject, no_answer=args.no_answer,
-                          answer_delay=args.answer_delay, bye_after=args.bye_after,
-                          snapshot_after=args.snapshot_after, refresh_after=args.refresh_after,
-                          move_on_refresh=args.move_on_refresh)
-    return SrsConfig(address=host, port=port, transports=_transports(args.transport),
-                     record_dir=args.record_dir, rtp_address=host, rtp_port_min=low,
-                     rtp_port_max=high, name=args.name, behaviour=behaviour,
-                     allow_public_targets=args.allow_public)
+    try:
+        behaviour = Behaviour(reject=args.reject, no_answer=args.no_answer,
+                              answer_delay=args.answer_delay, bye_after=args.bye_after,
+                              snapshot_after=args.snapshot_after,
+                              refresh_after=args.refresh_after,
+                              move_on_refresh=args.move_on_refresh)
+        return SrsConfig(address=host, port=port, transports=_transports(args.transport),
+                         record_dir=args.record_dir, rtp_address=host, rtp_port_min=low,
+                         rtp_port_max=high, name=args.name, behaviour=behaviour,
+                         allow_public_targets=args.allow_public)
+    except LabError as exc:  # a value the options gave
+        raise UsageError(str(exc)) from exc
 
 
 def _line(s: SrsSession) -> str:
@@ -140,11 +140,7 @@ def _report(ended: queue.Queue[SrsSession], as_json: bool, timeout: float) -> No
 def run(args: argparse.Namespace) -> int:
     from ..lab.srs import SrsServer
 
-    try:
-        cfg = _config(args)
-    except (_Usage, LabError) as exc:
-        print(f"siprecctl srs: {exc}", file=sys.stderr)
-        return 2
+    cfg = _config(args)
     ended: queue.Queue[SrsSession] = queue.Queue()
     stop = threading.Event()
     server = SrsServer(cfg, on_session_end=ended.put)

@@ -14,10 +14,18 @@ from dataclasses import dataclass, field
 
 from ..errors import SipError
 from ..kamailio.events import RsReply
+from ..sip import (
+    build_headers,
+    format_name_addr,
+    is_loose_router,
+    parse_name_addr,
+    route_set,
+    route_uri,
+    sip_safe,
+)
 from ..siprec.rs import rs_headers
 from ..siprec.sdp import parse_sdp
 from ..siprec.session_id import SessionId
-from ..siprec.sip import parse_name_addr
 
 __all__ = ["RsDialog", "name_addr", "new_rs_call_id", "options_headers", "sip_safe"]
 
@@ -29,13 +37,6 @@ def new_rs_call_id() -> str:
     return f"{RS_CALL_ID_PREFIX}{secrets.token_hex(12)}"
 
 
-def sip_safe(value: str, what: str) -> str:
-    """``value`` unchanged, or :class:`SipError` if it could break a SIP header (CR/LF/NUL)."""
-    if any(c in value for c in "\r\n\0"):
-        raise SipError(f"{what} contains CR, LF or NUL: {value!r}")
-    return value
-
-
 def options_headers(call_id: str, local_uri: str, remote_uri: str, contact: str) -> str:
     """Header block of an out-of-dialog OPTIONS probe (RFC 3261 §11); tm adds the From tag."""
     return _block([("From", f"<{local_uri}>"), ("To", f"<{remote_uri}>"),
@@ -43,21 +44,19 @@ def options_headers(call_id: str, local_uri: str, remote_uri: str, contact: str)
                    ("Contact", f"<{contact}>;+sip.src"), ("Accept", "application/sdp")])
 
 
-def _uris(values: tuple[str, ...] | list[str]) -> tuple[str, ...]:
-    """The URIs of (possibly comma-joined) Record-Route values."""
-    out: list[str] = []
-    for v in values:
-        out += re.findall(r"<([^>]+)>", v)
-    return tuple(out)
+_UNSAFE_URI = re.compile(r'[\x00-\x20\x7f<>"\\]')
+_UNSAFE_TEXT = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def name_addr(display: str | None, uri: str | None) -> str:
-    """``"display" <uri>`` with the display name as a quoted-string (RFC 3261 §25.1)."""
-    uri = uri or "sip:unknown@invalid"
+    """``"display" <uri>`` (RFC 3261 §20.10, the display name a quoted-string with
+    quoted-pairs, §25.1) for any identity the edge relayed: characters that no name-addr
+    may carry are percent-encoded (recoverable) instead of dropping the identity."""
+    uri = _UNSAFE_URI.sub(lambda m: f"%{ord(m.group()):02X}", uri or "") or \
+        "sip:unknown@invalid"
     if display:
-        d = display.replace("\\", "\\\\").replace('"', '\\"')
-        return f'"{d}" <{uri}>'
-    return f"<{uri}>"
+        display = _UNSAFE_TEXT.sub(lambda m: f"%{ord(m.group()):02X}", display)
+    return format_name_addr(uri, display or None)
 
 
 _TRANSPORT = re.compile(r";\s*transport=(\w+)", re.I)
@@ -129,8 +128,8 @@ class RsDialog:
         if reply.contact:
             self.remote_target = sip_safe(parse_name_addr(reply.contact).uri, "Contact")
         # RFC 3261 §12.1.2: the UAC's route set is the Record-Route, reversed
-        self.route_set = [sip_safe(u, "Record-Route")
-                          for u in reversed(_uris(reply.record_route))]
+        self.route_set = [sip_safe(r, "Record-Route")
+                          for r in route_set(reply.record_route, uac=True)]
         try:  # RFC 7989 §7: the SRS's own UUID becomes our "remote"
             self.session_id = self.session_id.learn(reply.session_id)
         except SipError:
@@ -139,8 +138,8 @@ class RsDialog:
     def nexthop(self) -> str:
         """Where an in-dialog request goes first: a loose router of the route set, or ''
         (the Request-URI). Strict routers (no ;lr) are not supported."""
-        if self.route_set and ";lr" in self.route_set[0]:
-            return self.route_set[0]
+        if self.route_set and is_loose_router(self.route_set[0]):
+            return route_uri(self.route_set[0])
         return ""
 
     def request(self, method: str, content_type: str | None = None,
@@ -156,7 +155,7 @@ class RsDialog:
             ("Call-ID", self.call_id),
             ("CSeq", f"{self.cseq} {method}"),
             ("Contact", f"<{self.contact}>;+sip.src"),
-            *(("Route", f"<{uri}>") for uri in self.route_set),
+            *(("Route", r if "<" in r else f"<{r}>") for r in self.route_set),
         ]
         hdrs += rs_headers(method, self.session_id)
         hdrs += extra or []
@@ -189,7 +188,7 @@ class RsDialog:
 
 
 def _block(hdrs: list[tuple[str, str]]) -> str:
-    return "".join(f"{n}: {sip_safe(v, n)}\r\n" for n, v in hdrs)
+    return build_headers(hdrs)
 
 
 # ------------------------------------------------------------------------------ SDP helpers

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import subprocess
+import os
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
-from ..errors import LabError
+from ..daemons import Daemon
 
 SIPP_BIN = "/usr/bin/sipp"
 SIPP_PCAPS = Path("/usr/share/sip-tester")  # g711a.pcap ships with the sip-tester package
@@ -27,18 +26,17 @@ def workdir(path: Path) -> Path:
     return path
 
 
-def uas(cwd: Path, host: str, port: int, *, rtp_echo: bool = True) -> subprocess.Popen[bytes]:
-    """Start a callee answering every call (echoing RTP so both legs carry media)."""
+def uas(cwd: Path, host: str, port: int, *, rtp_echo: bool = True) -> Daemon:
+    """Start a callee answering every call (echoing RTP so both legs carry media); its
+    errors go to ``uas_errors.log``, its screen output nowhere."""
     # -ci: sipp's UDP control socket binds to 0.0.0.0 unless told otherwise
     argv = [SIPP_BIN, "-sn", "uas", "-i", host, "-ci", host, "-p", str(port), "-nostdin",
             "-trace_err", "-error_file", str(cwd / "uas_errors.log")]
     if rtp_echo:
         argv.append("-rtp_echo")
-    try:
-        return subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    except OSError as exc:
-        raise LabError(f"cannot start sipp: {exc}") from exc
+    proc = Daemon(argv, cwd, name="sipp", log_path=Path(os.devnull))
+    proc.start()
+    return proc
 
 
 def uac_argv(cwd: Path, target: str, *, local: tuple[str, int], calls: int = 1,
@@ -55,12 +53,7 @@ def uac_argv(cwd: Path, target: str, *, local: tuple[str, int], calls: int = 1,
     return argv + list(extra)
 
 
-def stop(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(5)
-        return
-    proc.kill()
-    proc.wait(5)
+def stop(proc: Daemon | None) -> None:
+    """Stop a sipp started by :func:`uas` (nothing if None or already gone)."""
+    if proc is not None:
+        proc.stop()

@@ -4,12 +4,7 @@ so it can be killed and restarted like in production)."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -17,10 +12,10 @@ from typing import Any
 import yaml
 
 from ..controller.client import api_request, api_target
+from ..daemons import Daemon, Kamailio, Rtpengine, tcp_open
 from ..errors import LabError
 from ..render import Rendered, ensure_secrets, render_site, write
 from ..site import Site, validate_data
-from .procs import Kamailio, Rtpengine, tcp_open
 from .srs import SrsConfig, SrsServer
 
 __all__ = ["LabStack"]
@@ -46,7 +41,7 @@ class LabStack:
         self.with_controller = controller
         self.srs: dict[str, SrsServer] = {}
         self.daemons: list[Rtpengine | Kamailio] = []
-        self.controller_proc: subprocess.Popen[bytes] | None = None
+        self.controller_proc: Daemon | None = None
         self.site_file = self.workdir / "site.yaml"
         self.cfgdir = self.workdir / "configs"
         self.rendered: list[Rendered] | None = None
@@ -124,42 +119,24 @@ class LabStack:
 
     def start_controller(self, timeout: float = 15.0) -> None:
         """``siprecctl serve`` on the site file; returns once its API answers."""
-        self.controller_log.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.controller_log, "ab")
-        try:
-            self.controller_proc = subprocess.Popen(
-                [sys.executable, "-m", "orchestrator.cli", "serve", str(self.site_file),
-                 "--store", str(self.store)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=self.workdir, start_new_session=True)
-        finally:
-            log.close()
+        self.controller_proc = Daemon(
+            [sys.executable, "-m", "orchestrator.cli", "serve", str(self.site_file),
+             "--store", str(self.store)],
+            self.workdir, name="controller", log_path=self.controller_log,
+            ready=self._controller_ready)
+        self.controller_proc.start()
+        self.controller_proc.wait_ready(timeout)
+
+    def _controller_ready(self) -> bool:
         api = self.site.controller.api
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.controller_proc.poll() is not None:
-                raise LabError(f"the controller exited ({self.controller_proc.returncode}):\n"
-                               + self.controller_log.read_text(errors="replace")[-2000:])
-            if tcp_open(api.address, api.port):
-                health = self.api("GET", "/health")
-                if all(health.get("edges", {}).values()):
-                    return
-            time.sleep(0.05)
-        raise LabError("the controller's API did not come up:\n"
-                       + self.controller_log.read_text(errors="replace")[-2000:])
+        if not tcp_open(api.address, api.port):
+            return False
+        health = self.api("GET", "/health")
+        return all(health.get("edges", {}).values())
 
     def stop_controller(self, *, kill: bool = False) -> None:
-        p = self.controller_proc
-        if p is None or p.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(p.pid, signal.SIGKILL if kill else signal.SIGTERM)
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGKILL)
-            p.wait(5)
+        if self.controller_proc is not None:
+            self.controller_proc.stop(10.0, kill=kill)
 
     def api(self, method: str, path: str, body: dict[str, Any] | None = None,
             timeout: float = 30.0, *, role: str = "operator") -> Any:

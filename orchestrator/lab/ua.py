@@ -16,7 +16,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ..errors import LabError, SipError
-from ..siprec.sip import SipMessage, parse_name_addr, parse_sip_message
+from ..sip import (
+    SipMessage,
+    build_message,
+    build_response,
+    contact_uri,
+    format_name_addr,
+    new_branch,
+    parse_sip_message,
+    request_target,
+    route_set,
+    tag_of,
+)
 
 __all__ = ["CalleeServer", "LabCall", "RtpStream"]
 
@@ -91,20 +102,10 @@ _ANSWER = {"sendrecv": "sendrecv", "sendonly": "recvonly", "recvonly": "sendonly
            "inactive": "inactive"}
 
 
-def _response(req: SipMessage, code: str, *, to_tag: str, contact: str, body: str = "") -> bytes:
-    """A response to ``req`` (Via, From, To, Call-ID, CSeq copied: RFC 3261 §8.2.6)."""
-    to = req.header("to") or ""
-    if ";tag=" not in to:
-        to += f";tag={to_tag}"
-    lines = [f"SIP/2.0 {code}"]
-    lines += [f"Via: {v}" for v in req.header_all("via")]
-    lines += [f"Record-Route: {v}" for v in req.header_all("record-route")]
-    lines += [f"From: {req.header('from')}", f"To: {to}", f"Call-ID: {req.header('call-id')}",
-              f"CSeq: {req.header('cseq')}", f"Contact: <{contact}>"]
-    if body:
-        lines.append("Content-Type: application/sdp")
-    lines.append(f"Content-Length: {len(body)}")
-    return ("\r\n".join(lines) + "\r\n\r\n" + body).encode()
+def _response(req: SipMessage, *, to_tag: str, contact: str, body: str = "") -> bytes:
+    """A 200 to ``req`` (RFC 3261 §8.2.6), Record-Route copied (§12.1.1)."""
+    return build_response(req, 200, to_tag=to_tag, headers=[("Contact", f"<{contact}>")],
+                          body=body.encode(), record_route=True)
 
 
 @dataclass
@@ -157,8 +158,8 @@ class CalleeServer:
                 leg.rtp.sending = False
             tag = leg.to_tag if leg else "none"
             with contextlib.suppress(OSError):
-                self.sock.sendto(_response(msg, "200 OK", to_tag=tag, contact=self.contact,
-                                           body=body), addr)
+                self.sock.sendto(_response(msg, to_tag=tag, contact=self.contact, body=body),
+                                 addr)
 
     def close(self) -> None:
         self._stop.set()
@@ -195,26 +196,22 @@ class LabCall:
 
     # -------------------------------------------------------------- SIP plumbing
     def _request(self, method: str, cseq: int, body: str = "", ruri: str | None = None) -> bytes:
-        ruri = ruri or self.remote_target or f"sip:{self.user}@{self.edge[0]}:{self.edge[1]}"
+        target = ruri or self.remote_target or f"sip:{self.user}@{self.edge[0]}:{self.edge[1]}"
+        ruri, routes = request_target(self.route, target)
         to = f"<sip:{self.user}@{self.edge[0]}:{self.edge[1]}>"
         if self.to_tag:
             to += f";tag={self.to_tag}"
-        lines = [f"{method} {ruri} SIP/2.0",
-                 f"Via: SIP/2.0/UDP 127.0.0.1:{self.port};rport;branch=z9hG4bK{secrets.token_hex(8)}",
-                 "Max-Forwards: 70",
-                 f'From: "Lab Caller" <sip:caller@127.0.0.1:{self.port}>;tag={self.from_tag}',
-                 f"To: {to}", f"Call-ID: {self.call_id}",
-                 f"CSeq: {cseq} {method}", f"Contact: <sip:caller@127.0.0.1:{self.port}>"]
-        lines += [f"Route: {r}" for r in self.route]
+        me = f"sip:caller@127.0.0.1:{self.port}"
+        headers = [("Via", f"SIP/2.0/UDP 127.0.0.1:{self.port};rport;branch={new_branch()}"),
+                   ("Max-Forwards", "70"),
+                   ("From", format_name_addr(me, "Lab Caller", (("tag", self.from_tag),))),
+                   ("To", to), ("Call-ID", self.call_id), ("CSeq", f"{cseq} {method}"),
+                   ("Contact", f"<{me}>"), *(("Route", r) for r in routes)]
         if method == "INVITE" and cseq == 1:
-            for name, value in self.headers.items():
-                if any(c in value for c in "\r\n"):
-                    raise SipError(f"header {name} contains CR/LF")
-                lines.append(f"{name}: {value}")
+            headers += list(self.headers.items())
         if body:
-            lines.append("Content-Type: application/sdp")
-        lines.append(f"Content-Length: {len(body)}")
-        return ("\r\n".join(lines) + "\r\n\r\n" + body).encode()
+            headers.append(("Content-Type", "application/sdp"))
+        return build_message(f"{method} {ruri} SIP/2.0", headers, body.encode())
 
     def _send(self, data: bytes) -> None:
         self.sock.sendto(data, self.edge)
@@ -229,7 +226,7 @@ class LabCall:
             msg = parse_sip_message(data)
             if msg.status is None:
                 if msg.method in ("BYE", "INVITE", "UPDATE", "OPTIONS"):  # from the far end
-                    self._send(_response(msg, "200 OK", to_tag=self.from_tag,
+                    self._send(_response(msg, to_tag=self.from_tag,
                                          contact=f"sip:caller@127.0.0.1:{self.port}"))
                 continue
             if msg.header("cseq") != f"{cseq} {method}" or msg.status < 200:
@@ -249,11 +246,10 @@ class LabCall:
         ok = self._final(cseq, "INVITE")
         if ok.status != 200:
             raise LabError(f"call {self.call_id} rejected: {ok.start_line}")
-        to = ok.header("to") or ""
-        self.to_tag = parse_name_addr(to).param("tag")
+        self.to_tag = tag_of(ok.header("to"))
         contact = ok.header("contact")
-        self.remote_target = parse_name_addr(contact).uri if contact else None
-        self.route = list(reversed(ok.header_all("record-route")))
+        self.remote_target = contact_uri(contact) if contact else None
+        self.route = list(route_set(ok.header_all("record-route"), uac=True))
         self._ack(cseq)
         self.answered_at = time.time()
         self.rtp.target, _ = _media_target(ok.body)

@@ -14,11 +14,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import NgError, NgTransportError, SiprecctlError
 from .client import DEFAULT_TIMEOUT, NgClient
 from .codec import to_bytes
+
+if TYPE_CHECKING:  # the pydantic model is not imported at run time (cold start)
+    from ..site.model import MediaNode, Site
 
 __all__ = ["Node", "NodePool", "NodeState", "legacy_hash"]
 
@@ -74,15 +77,14 @@ class NodePool:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_site(cls, site: Any, *, timeout: float = DEFAULT_TIMEOUT,
+    def from_site(cls, site: Site, *, timeout: float = DEFAULT_TIMEOUT,
                   **client_options: Any) -> NodePool:
-        """One client per ``site.media.nodes`` entry, over the node's ``transport``
-        (``site`` is duck-typed: this module does not import the pydantic model)."""
+        """One client per ``site.media.nodes`` entry, over the node's ``transport``."""
         return cls(cls.node_from_spec(spec, timeout=timeout, **client_options)
                    for spec in site.media.nodes)
 
     @staticmethod
-    def node_from_spec(spec: Any, *, timeout: float = DEFAULT_TIMEOUT,
+    def node_from_spec(spec: MediaNode, *, timeout: float = DEFAULT_TIMEOUT,
                        **client_options: Any) -> Node:
         host = spec.ng.address
         kind = spec.transport
@@ -262,3 +264,27 @@ class NodePool:
                 self._sticky[to_bytes(call_id)] = n.name
             return n
         return None
+
+    def node_of(self, call_id: str | bytes, *, timeout: float = 1.0) -> Node:
+        """The node holding ``call_id`` (:meth:`locate`); with a single node, that node
+        unasked (what it says about the call comes with the command the caller sends).
+
+        :class:`NgTransportError` when no reachable node knows the call and some node did
+        not answer (the call may be there); :class:`NgError` when every node answered that
+        it does not know it.
+        """
+        nodes = list(self)
+        if len(nodes) == 1:
+            return nodes[0]
+        before = {n.name: n.failed_at for n in nodes}
+        node = self.locate(call_id, timeout=timeout)
+        if node is not None:
+            return node
+        cid = call_id.decode("utf-8", "replace") if isinstance(call_id, bytes) else call_id
+        down = [n for n in nodes if n.failed_at is not None and n.failed_at != before[n.name]]
+        if down:
+            raise NgTransportError(
+                f"call {cid!r} is on none of the rtpengine nodes that answered; no answer "
+                "from " + "; ".join(f"{n.name} ({n.state.error})" for n in down))
+        raise NgError(f"Unknown call-id {cid!r} on every node "
+                      f"({', '.join(n.name for n in nodes)})", command="query")

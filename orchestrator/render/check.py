@@ -13,15 +13,17 @@
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import KamailioError, LabError, SecretError
+from ..daemons import RTPENGINE_BIN, Kamailio, Rtpengine, free_port, kamailio_check, tcp_open
+from ..errors import KamailioError, LabError, SecretError, SipError
 from ..kamailio import HttpRpcTransport, KamailioClient
-from ..lab.procs import RTPENGINE_BIN, Kamailio, Rtpengine, free_port, kamailio_check, tcp_open
+from ..sip import build_message, format_name_addr, new_branch, new_tag, parse_sip_message
 from ..site.loader import validate_data
 from ..site.model import Site
 from . import ensure_secrets, render_site, write
@@ -125,23 +127,21 @@ def loopback_variant(site: Site, workdir: Path) -> Site:
 
 
 def sip_options_ok(host: str, port: int, timeout: float = 2.0) -> bool:
-    """True when a UDP SIP listener answers an OPTIONS keepalive with a final response."""
-    import os
-    import socket
-
+    """True when a UDP SIP listener answers an OPTIONS keepalive with 200."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(timeout)
         s.bind((host, 0))
         lport = s.getsockname()[1]
-        branch = "z9hG4bK-" + os.urandom(6).hex()
-        msg = (f"OPTIONS sip:{host}:{port} SIP/2.0\r\nVia: SIP/2.0/UDP {host}:{lport};"
-               f"branch={branch}\r\nFrom: <sip:check@{host}>;tag=c\r\nTo: <sip:{host}>\r\n"
-               f"Call-ID: {branch}@check\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
-               "Content-Length: 0\r\n\r\n")
+        branch = new_branch()
+        msg = build_message(f"OPTIONS sip:{host}:{port} SIP/2.0", [
+            ("Via", f"SIP/2.0/UDP {host}:{lport};branch={branch}"),
+            ("From", format_name_addr(f"sip:check@{host}", params=(("tag", new_tag()),))),
+            ("To", format_name_addr(f"sip:{host}")), ("Call-ID", f"{branch}@check"),
+            ("CSeq", "1 OPTIONS"), ("Max-Forwards", "70")])
         try:
-            s.sendto(msg.encode(), (host, port))
-            return s.recv(65535).startswith(b"SIP/2.0 200")
-        except OSError:
+            s.sendto(msg, (host, port))
+            return parse_sip_message(s.recv(65535)).status == 200
+        except (OSError, SipError):
             return False
 
 
@@ -193,7 +193,11 @@ def smoke(site: Site, workdir: Path) -> list[Finding]:
                     msg += f"; not answering: {', '.join(dead)}"
                 findings.append(Finding("smoke-kamailio", e.name, ok, msg, str(cfg)))
             except (LabError, KamailioError, SecretError, OSError, ValueError) as exc:
-                findings.append(Finding("smoke-kamailio", e.name, False, str(exc), str(cfg)))
+                msg = str(exc)
+                status = None if isinstance(exc, LabError) else kam.exit_status(2.0)
+                if status is not None:  # it listened, then died (e.g. TLS set up in a child)
+                    msg = f"kamailio exited with status {status}: {kam.log_errors()}"
+                findings.append(Finding("smoke-kamailio", e.name, False, msg, str(cfg)))
     finally:
         for p in reversed(started):
             p.stop()

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.daemons import Kamailio, Rtpengine
 from orchestrator.errors import NgError
 from orchestrator.lab import sipp
 from orchestrator.lab.events import EventReader
-from orchestrator.lab.procs import Kamailio, Rtpengine
 from orchestrator.ng import NgClient
-from tests.conftest import ROOT, lab_secrets
+from tests.conftest import ROOT, lab_secrets, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -58,14 +58,9 @@ def place_call(lab, *, record: str, customer: str, local_port: int, duration_ms:
                             stderr=subprocess.DEVNULL)
 
 
-def wait_file(pattern_dir: Path, needle: str, timeout: float = 10.0) -> Path:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for p in pattern_dir.glob("*"):
-            if needle in p.name:
-                return p
-        time.sleep(0.1)
-    raise AssertionError(f"no file with {needle!r} in {pattern_dir}: {list(pattern_dir.glob('*'))}")
+def wait_file(directory: Path, needle: str, timeout: float = 10.0) -> Path:
+    return wait_for(lambda: next((p for p in directory.glob("*") if needle in p.name), None),
+                    timeout, f"a file with {needle!r} in {directory}")
 
 
 def test_recorded_call(lab) -> None:
@@ -77,9 +72,13 @@ def test_recorded_call(lab) -> None:
     assert answered["record_local"] is True and answered["rule"] == "default"
     assert answered["from_display"] == "Lab Caller" and answered["to_tag"]
     assert answered["rtpengine"] == "udp:127.0.0.1:2223"
-    time.sleep(1.5)  # media flowing both ways (the UAS echoes)
-    with NgClient(NG) as client:
-        per_tag = {t.tag: t.packets for t in client.query(call_id).legs}
+
+    def packets_per_tag() -> dict[str, int] | None:  # media flowing both ways (UAS echoes)
+        with NgClient(NG) as client:
+            per_tag = {t.tag: t.packets for t in client.query(call_id).legs}
+        return per_tag if len(per_tag) >= 2 and all(per_tag.values()) else None
+
+    per_tag = wait_for(packets_per_tag, 5, "RTP on both legs")
     assert set(per_tag) == {answered["from_tag"], answered["to_tag"]}
     assert all(n > 0 for n in per_tag.values()), per_tag
     assert uac.wait(30) == 0, "sipp UAC reported a failed call"
@@ -110,7 +109,16 @@ def test_opted_out_call_is_not_recorded(lab) -> None:
     lab["events"].wait_for(lambda e: e["event"] == "ended" and
                            e["call_id"] == answered["call_id"])
     prefix = urllib.parse.quote(answered["call_id"], safe="")
-    time.sleep(0.5)
+
+    def deleted() -> bool:  # rtpengine writes a recording's files by the call's deletion
+        with NgClient(NG) as client:
+            try:
+                client.query(answered["call_id"])
+            except NgError:
+                return True
+        return False
+
+    wait_for(deleted, 5, "rtpengine to delete the call")
     found = [p for d in ("metadata", "pcaps", "tmp") for p in (lab["rec"] / d).glob(f"*{prefix}*")]
     assert found == []
 

@@ -55,8 +55,8 @@ def test_smoke_start_reports_a_port_in_use(tmp_path: Path) -> None:
     """Kamailio -c passes a config whose socket cannot be bound; the smoke start catches it."""
     import socket
 
+    from orchestrator.daemons import Kamailio
     from orchestrator.errors import LabError
-    from orchestrator.lab.procs import Kamailio
 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as blocker:
         blocker.bind(("127.0.0.1", 0))

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from orchestrator.controller.store import SessionStore
-from orchestrator.lab.procs import free_ports, tcp_open
+from orchestrator.daemons import free_ports, tcp_open
 from orchestrator.lab.srs import Behaviour, SrsConfig
 from orchestrator.lab.stack import LabStack
 from orchestrator.lab.ua import CalleeServer, LabCall

@@ -8,20 +8,18 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from orchestrator.daemons import free_port
 from orchestrator.errors import NgError, NgUnsupported
-from orchestrator.lab.procs import Rtpengine, free_port
 from orchestrator.ng import NgClient, Reply, UdpTransport
 from orchestrator.ng.codec import decode_message
+from tests.integration.conftest import RtpengineUnderTest
 
 pytestmark = pytest.mark.integration
-
-PORT_MIN = 46100  # this module's RTP port range
 
 
 def sdp(port: int, *, extra: str = "") -> str:
@@ -29,36 +27,12 @@ def sdp(port: int, *, extra: str = "") -> str:
             f"m=audio {port} RTP/AVP 0 8\r\n{extra}a=sendrecv\r\n")
 
 
-class Daemon:
-    def __init__(self, rtp: Rtpengine, udp: int, tcp: int, http: int, rec: Path) -> None:
-        self.rtp, self.udp, self.tcp, self.http, self.rec = rtp, udp, tcp, http, rec
-
-    def client(self, transport: str = "udp", encoding: Any = None, **kw: Any) -> NgClient:
-        port = {"udp": self.udp, "tcp": self.tcp, "http": self.http}[transport]
-        return NgClient(("127.0.0.1", port), transport=transport, encoding=encoding, **kw)
-
-
-@pytest.fixture(scope="module")
-def rtpengine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    tmp = tmp_path_factory.mktemp("rtpengine")
-    rec = tmp / "rec"
-    rec.mkdir()
-    udp, tcp, http = free_port(), free_port("tcp"), free_port("tcp")
-    rtp = Rtpengine(None, tmp, ng=("127.0.0.1", udp), overrides=[
-        "--interface=127.0.0.1", f"--listen-tcp-ng=127.0.0.1:{tcp}",
-        f"--listen-http=127.0.0.1:{http}", f"--port-min={PORT_MIN}",
-        f"--port-max={PORT_MIN + 99}", "--delete-delay=0", "--recording-method=pcap",
-        f"--recording-dir={rec}", "--log-level=5"])
-    with rtp.started():
-        yield Daemon(rtp, udp, tcp, http, rec)
-
-
 COMBOS = [("udp", "json"), ("udp", "bencode"), ("tcp", "bencode"), ("http", "json"),
           ("http", "bencode")]
 
 
 @pytest.mark.parametrize(("transport", "encoding"), COMBOS)
-def test_offer_answer_query_delete(rtpengine: Daemon, transport: str, encoding: str) -> None:
+def test_offer_answer_query_delete(rtpengine: RtpengineUnderTest, transport: str, encoding: str) -> None:
     cid = f"oa-{transport}-{encoding}"
     with rtpengine.client(transport, encoding) as ng:
         ng.ping()
@@ -68,7 +42,8 @@ def test_offer_answer_query_delete(rtpengine: Daemon, transport: str, encoding: 
         assert b"m=audio 5000 " not in o.sdp and b"m=audio 6000 " not in a.sdp
         o_port = int(o.sdp.split(b"m=audio ")[1].split()[0])
         a_port = int(a.sdp.split(b"m=audio ")[1].split()[0])
-        assert PORT_MIN <= o_port <= PORT_MIN + 99 and PORT_MIN <= a_port <= PORT_MIN + 99
+        lo, hi = rtpengine.port_min, rtpengine.port_max
+        assert lo <= o_port <= hi and lo <= a_port <= hi
         info = ng.query(cid)
         assert set(info.tags) == {"ft", "tt"}
         assert info.tags["ft"].label == "caller" and info.tags["tt"].label == "callee"
@@ -80,7 +55,7 @@ def test_offer_answer_query_delete(rtpengine: Daemon, transport: str, encoding: 
             ng.query(cid)
 
 
-def test_recording_pcap_and_metadata(rtpengine: Daemon) -> None:
+def test_recording_pcap_and_metadata(rtpengine: RtpengineUnderTest) -> None:
     cid = "rec-1@lab"
     with rtpengine.client() as ng:
         o = ng.offer(cid, "ft", sdp(5010), record_call=True, metadata="case:1")
@@ -98,7 +73,7 @@ def test_recording_pcap_and_metadata(rtpengine: Daemon) -> None:
         ng.delete(cid, "ft")
 
 
-def test_subscribe_siprec_all(rtpengine: Daemon) -> None:
+def test_subscribe_siprec_all(rtpengine: RtpengineUnderTest) -> None:
     cid = "sub-1"
     with rtpengine.client() as ng:
         ng.offer(cid, "ft", sdp(5020), label="caller")
@@ -122,7 +97,7 @@ def test_subscribe_siprec_all(rtpengine: Daemon) -> None:
         ng.delete(cid, "ft")
 
 
-def test_pause_recording_unsupported_on_10_5(rtpengine: Daemon) -> None:
+def test_pause_recording_unsupported_on_10_5(rtpengine: RtpengineUnderTest) -> None:
     with rtpengine.client() as ng:
         ng.offer("p-1", "ft", sdp(5030), record_call=True)
         with pytest.raises(NgUnsupported):
@@ -132,7 +107,7 @@ def test_pause_recording_unsupported_on_10_5(rtpengine: Daemon) -> None:
         ng.delete("p-1", "ft")
 
 
-def test_non_utf8_metadata_survives_json_client(rtpengine: Daemon) -> None:
+def test_non_utf8_metadata_survives_json_client(rtpengine: RtpengineUnderTest) -> None:
     with rtpengine.client("udp", "json") as ng:
         ng.offer("u-1", "ft", sdp(5040), record_call=True)
         ng.start_recording("u-1", metadata=b"k:\xff\xfe".decode("utf-8", "surrogateescape"))
@@ -207,7 +182,7 @@ def _offercount(ng: NgClient) -> int:
 
 
 @pytest.mark.parametrize(("drop_requests", "drop_replies"), [(2, 0), (0, 2), (1, 1)])
-def test_retransmission_through_lossy_relay(rtpengine: Daemon, drop_requests: int,
+def test_retransmission_through_lossy_relay(rtpengine: RtpengineUnderTest, drop_requests: int,
                                             drop_replies: int) -> None:
     cid = f"rt-{drop_requests}-{drop_replies}"
     relay = Relay(("127.0.0.1", rtpengine.udp), drop_requests=drop_requests,
@@ -229,7 +204,7 @@ def test_retransmission_through_lossy_relay(rtpengine: Daemon, drop_requests: in
         relay.close()
 
 
-def test_late_duplicate_is_not_taken_for_another_reply(rtpengine: Daemon) -> None:
+def test_late_duplicate_is_not_taken_for_another_reply(rtpengine: RtpengineUnderTest) -> None:
     relay = Relay(("127.0.0.1", rtpengine.udp), hold_first_reply=True, release_on=3)
     try:
         with NgClient(relay.address, timeout=3.0, first_retry=0.1) as ng:
@@ -243,7 +218,7 @@ def test_late_duplicate_is_not_taken_for_another_reply(rtpengine: Daemon) -> Non
         relay.close()
 
 
-def test_500_concurrent_requests_from_8_threads(rtpengine: Daemon) -> None:
+def test_500_concurrent_requests_from_8_threads(rtpengine: RtpengineUnderTest) -> None:
     with rtpengine.client() as ng:
         for i in range(5):
             ng.offer(f"cc-{i}", f"ft{i}", sdp(5100 + 2 * i), label=f"label-{i}")
@@ -272,7 +247,7 @@ def test_500_concurrent_requests_from_8_threads(rtpengine: Daemon) -> None:
             ng.delete(f"cc-{i}", f"ft{i}")
 
 
-def test_call_many_pipelined(rtpengine: Daemon) -> None:
+def test_call_many_pipelined(rtpengine: RtpengineUnderTest) -> None:
     with rtpengine.client() as ng:
         ng.offer("cm-1", "ft", sdp(5200))
         out = ng.call_many([("query", {"call-id": "cm-1"}), ("query", {"call-id": "nope"})]
@@ -283,7 +258,7 @@ def test_call_many_pipelined(rtpengine: Daemon) -> None:
         ng.delete("cm-1", "ft")
 
 
-def test_lazy_json_query_equals_bencode_query(rtpengine: Daemon) -> None:
+def test_lazy_json_query_equals_bencode_query(rtpengine: RtpengineUnderTest) -> None:
     # the JSON client converts a reply on first use (and call_many keeps only its text):
     # the same call queried over bencode, decoded in full, must give the same data
     with rtpengine.client(encoding="json") as js, rtpengine.client(encoding="bencode") as be:
@@ -300,7 +275,7 @@ def test_lazy_json_query_equals_bencode_query(rtpengine: Daemon) -> None:
         js.delete("lz-1", "ft")
 
 
-def test_tcp_large_message_single_write(rtpengine: Daemon) -> None:
+def test_tcp_large_message_single_write(rtpengine: RtpengineUnderTest) -> None:
     # > 1024 bytes: rtpengine drops a connection buffering more than that of an incomplete
     # message; one sendall of the whole message keeps it whole on loopback
     with rtpengine.client("tcp") as ng:
@@ -317,7 +292,7 @@ def cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=timeout, check=False)
 
 
-def test_cli_ng_and_record(rtpengine: Daemon) -> None:
+def test_cli_ng_and_record(rtpengine: RtpengineUnderTest) -> None:
     ngaddr = f"127.0.0.1:{rtpengine.udp}"
     p = cli("ng", "ping", "--ng", ngaddr)
     assert p.returncode == 0 and "pong" in p.stdout
@@ -345,7 +320,7 @@ def test_cli_ng_and_record(rtpengine: Daemon) -> None:
         ng.delete("cli-1", "ft")
 
 
-def test_cli_exit_codes(rtpengine: Daemon) -> None:
+def test_cli_exit_codes(rtpengine: RtpengineUnderTest) -> None:
     ngaddr = f"127.0.0.1:{rtpengine.udp}"
     assert cli("ng", "query", "no-such-call", "--ng", ngaddr).returncode == 1
     assert cli("record", "start", "no-such-call", "--ng", ngaddr).returncode == 1

@@ -1,7 +1,8 @@
 """A real rtpengine (userspace, pcap recording, loopback only) records a call; the recording's
 metadata is collected, parsed and validated; a truncated or missing pcap is reported.
 
-rtpengine is driven by a tiny NG helper written here (JSON over UDP), not by orchestrator.ng.
+rtpengine (the shared ``rtpengine`` fixture) is driven by a tiny NG helper written here (JSON
+over UDP), not by orchestrator.ng.
 """
 
 from __future__ import annotations
@@ -11,9 +12,7 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -36,36 +35,13 @@ from orchestrator.siprec import (
     recording_from_call,
     validate_metadata,
 )
+from tests.conftest import wait_for
+from tests.integration.conftest import RtpengineUnderTest
 
 pytestmark = pytest.mark.integration
 
-RTPENGINE = "/usr/bin/rtpengine"
 LOOPBACK = "127.0.0.1"
 Ng = Callable[[dict[str, Any]], dict[str, Any]]
-
-
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((LOOPBACK, 0))
-        return int(s.getsockname()[1])
-
-
-def _free_port_range(size: int = 100) -> tuple[int, int]:
-    """A block of ``size`` UDP ports on loopback that are all free right now."""
-    for base in range(42000, 60000, size):
-        socks = []
-        try:
-            for port in range(base, base + size):
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                socks.append(s)
-                s.bind((LOOPBACK, port))
-            return base, base + size - 1
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free block of UDP ports on loopback")
 
 
 class _NgClient:
@@ -95,45 +71,11 @@ class _NgClient:
         self.sock.close()
 
 
-@pytest.fixture(scope="module")
-def rtpengine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Ng, Path]]:
-    base = tmp_path_factory.mktemp("rtpengine")
-    recdir = base / "spool"
-    recdir.mkdir()
-    ng_port = _free_udp_port()
-    pmin, pmax = _free_port_range()
-    log = open(base / "rtpengine.log", "wb")  # noqa: SIM115 - closed at teardown
-    proc = subprocess.Popen(
-        [RTPENGINE, "--config-file=none", "--table=-1", f"--interface={LOOPBACK}",
-         f"--listen-ng={LOOPBACK}:{ng_port}", f"--port-min={pmin}", f"--port-max={pmax}",
-         f"--recording-dir={recdir}", "--recording-method=pcap", "--delete-delay=0",
-         "--foreground", "--log-stderr", "--pidfile", str(base / "pid")],
-        stdout=log, stderr=subprocess.STDOUT)
-    ng = _NgClient(ng_port)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"rtpengine exited with {proc.returncode}: "
-                                   f"{(base / 'rtpengine.log').read_text()[-2000:]}")
-            try:
-                if ng({"command": "ping"}).get("result") == "pong":
-                    break
-            except TimeoutError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("rtpengine did not answer ping within 10 s")
-        yield ng, recdir
-    finally:
-        ng.close()
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-        log.close()
+@pytest.fixture
+def ng(rtpengine: RtpengineUnderTest) -> Iterator[Ng]:
+    client = _NgClient(rtpengine.udp)
+    yield client
+    client.close()
 
 
 def _sdp(port: int) -> str:
@@ -150,16 +92,6 @@ def _port_of(sdp: str) -> int:
 def _rtp(seq: int, ssrc: int) -> bytes:
     return bytes([0x80, 0]) + seq.to_bytes(2, "big") + (seq * 160).to_bytes(4, "big") \
         + ssrc.to_bytes(4, "big") + b"\xff" * 160
-
-
-def _wait_for(pattern: str, directory: Path, timeout: float = 10.0) -> Path:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = sorted(directory.glob(pattern))
-        if found:
-            return found[0]
-        time.sleep(0.05)
-    raise AssertionError(f"no {pattern} in {directory} after {timeout} s")
 
 
 def _record_call(ng: Ng, recdir: Path, call_id: str) -> tuple[Path, dict[str, Any]]:
@@ -190,7 +122,9 @@ def _record_call(ng: Ng, recdir: Path, call_id: str) -> tuple[Path, dict[str, An
         a.close()
         b.close()
     escaped = call_id.replace("@", "%40")
-    meta = _wait_for(f"rtpengine-meta-{escaped}-*.txt", recdir / "metadata")
+    pattern = f"rtpengine-meta-{escaped}-*.txt"
+    meta = wait_for(lambda: sorted((recdir / "metadata").glob(pattern)), 10,
+                    f"{pattern} in {recdir / 'metadata'}")[0]
     return meta, sub
 
 
@@ -199,9 +133,9 @@ def _snapshot(root: Path) -> dict[str, tuple[str, int]]:
             for p in root.rglob("*") if p.is_file()}
 
 
-def test_recorded_call_is_collected_parsed_and_validated(rtpengine: tuple[Ng, Path],
+def test_recorded_call_is_collected_parsed_and_validated(rtpengine: RtpengineUnderTest, ng: Ng,
                                                          tmp_path: Path) -> None:
-    ng, recdir = rtpengine
+    recdir = rtpengine.rec
     call_id = f"it-{os.getpid()}@test"
     meta, sub = _record_call(ng, recdir, call_id)
 
@@ -233,9 +167,9 @@ def test_recorded_call_is_collected_parsed_and_validated(rtpengine: tuple[Ng, Pa
     assert sorted(sub["media-labels"]) == sorted(re.findall(r"a=label:(\S+)", sub["sdp"]))
 
 
-def test_truncated_or_missing_pcap_is_reported(rtpengine: tuple[Ng, Path],
+def test_truncated_or_missing_pcap_is_reported(rtpengine: RtpengineUnderTest, ng: Ng,
                                                tmp_path: Path) -> None:
-    ng, recdir = rtpengine
+    recdir = rtpengine.rec
     call_id = f"it2-{os.getpid()}@test"
     meta, _sub = _record_call(ng, recdir, call_id)
     pcap = Path(parse_pcap_metafile(meta.read_bytes()).pcap_path)

@@ -31,11 +31,11 @@ import pytest
 import requests
 
 from orchestrator.controller.client import api_request
+from orchestrator.daemons import Kamailio, free_ports
 from orchestrator.errors import KamailioRpcError
 from orchestrator.kamailio import HttpRpcTransport, KamailioClient
 from orchestrator.kamailio.evapi import NetstringDecoder, decode_event, encode_netstring
 from orchestrator.lab import sipp
-from orchestrator.lab.procs import Kamailio, free_ports
 from orchestrator.lab.srs import SrsConfig
 from orchestrator.lab.stack import LabStack
 from orchestrator.lab.ua import CalleeServer, LabCall

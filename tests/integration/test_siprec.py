@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from orchestrator.controller.store import SessionStore
+from orchestrator.daemons import free_port, free_ports
 from orchestrator.lab import sipp
 from orchestrator.lab.events import EventReader
-from orchestrator.lab.procs import free_port, free_ports
 from orchestrator.lab.srs import Behaviour, SrsConfig, SrsServer, SrsSession
 from orchestrator.lab.stack import LabStack
 from orchestrator.lab.ua import CalleeServer, LabCall

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.lab.procs import free_port, free_ports
+from orchestrator.daemons import free_port, free_ports
 from orchestrator.lab.srs import Behaviour, SrsConfig, SrsServer, SrsSession
 from orchestrator.recordings.pcap import summarize_pcap
 from orchestrator.siprec import (

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
+from orchestrator.daemons import free_port, free_ports
 from orchestrator.lab import sipp
-from orchestrator.lab.procs import free_port, free_ports
 from orchestrator.lab.srs import Behaviour, SrsConfig
 from orchestrator.lab.stack import LabStack
 from orchestrator.lab.ua import CalleeServer, LabCall

@@ -298,7 +298,7 @@ def test_route_set_from_record_route() -> None:
     d.confirm_from(_reply(record_route=("<sip:p2.example;lr>, <sip:p1.example;lr>",
                                         "<sip:p0.example;lr>")))
     # RFC 3261 §12.1.2: reversed, and the first loose router is the next hop
-    assert d.route_set == ["sip:p0.example;lr", "sip:p1.example;lr", "sip:p2.example;lr"]
+    assert d.route_set == ["<sip:p0.example;lr>", "<sip:p1.example;lr>", "<sip:p2.example;lr>"]
     assert d.nexthop() == "sip:p0.example;lr"
     _, hdrs, _ = d.request("BYE")
     assert hdrs.index("Route: <sip:p0.example;lr>") < hdrs.index("Route: <sip:p2.example;lr>")

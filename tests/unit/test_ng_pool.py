@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.errors import NgTimeout, NgTransportError
+from orchestrator.errors import NgError, NgTimeout, NgTransportError
 from orchestrator.ng import MockTransport, NgClient
 from orchestrator.ng.pool import Node, NodePool, NodeState, legacy_hash
 from orchestrator.site import load
@@ -107,3 +107,43 @@ def test_from_site_builds_clients_per_transport() -> None:
         names = [n.name for n in pool]
         assert names == [n.name for n in site.media.nodes]
         assert pool.node(names[0]).state.address.startswith("udp:")
+
+
+def _unknown(r: dict[str, Any]) -> dict[str, Any]:
+    return {"result": "error", "error-reason": "Unknown call-id"}
+
+
+def _known(r: dict[str, Any]) -> dict[str, Any]:
+    return {"result": "ok", "tags": {}}
+
+
+def _dead(r: dict[str, Any]) -> dict[str, Any]:
+    raise NgTimeout("no reply")
+
+
+def test_node_of_finds_the_call_past_a_dead_node() -> None:
+    pool = NodePool([node("a", handler=_dead), node("b", handler=_unknown),
+                     node("c", handler=_known)])
+    assert pool.node_of("c1", timeout=0.1).name == "c"
+    assert pool.states()[0].ok is False  # the dead node is marked failed on the way
+
+
+def test_node_of_says_why_it_found_nothing() -> None:
+    with pytest.raises(NgError, match="Unknown call-id 'c1' on every node \\(a, b\\)") as ei:
+        NodePool([node("a", handler=_unknown), node("b", handler=_unknown)]).node_of("c1")
+    assert ei.value.exit_code == 1
+    # a node that did not answer may hold the call: unreachable (exit 3), not "unknown"
+    with pytest.raises(NgTransportError, match="no answer from a \\(no reply\\)") as et:
+        NodePool([node("a", handler=_dead), node("b", handler=_unknown)]).node_of("c1")
+    assert et.value.exit_code == 3
+
+
+def test_node_of_a_single_node_does_not_ask() -> None:
+    asked: list[str] = []
+
+    def handler(r: dict[str, Any]) -> dict[str, Any]:
+        asked.append(r["command"])
+        return _unknown(r)
+
+    assert NodePool([node("only", handler=handler)]).node_of("c1").name == "only"
+    assert asked == []

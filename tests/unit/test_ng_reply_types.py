@@ -10,6 +10,7 @@ import pytest
 from orchestrator.cli import main
 from orchestrator.errors import NgProtocolError
 from orchestrator.ng import MockTransport, NgClient
+from orchestrator.ng.pool import Node, NodePool, NodeState
 
 GOOD_TAG = {"tag": "ft", "medias": [{"streams": [{"stats": {"packets": 5, "bytes": 80}}]}]}
 
@@ -41,6 +42,11 @@ QUERY_CASES = [
 
 def ng(reply: dict[str, Any]) -> NgClient:
     return NgClient(transport=MockTransport(lambda r: {"result": "ok", **reply}))
+
+
+def pool_of(client: NgClient) -> NodePool:
+    """A one-node pool, as ``siprecctl ng`` opens for ``--ng``."""
+    return NodePool([Node("rtp1", 0, 1, client, NodeState("rtp1", 0, 1, "udp:127.0.0.1:1"))])
 
 
 def touch(info: Any) -> None:
@@ -101,8 +107,8 @@ def test_missing_created_is_unknown(capsys: pytest.CaptureFixture[str],
     # the CLI prints "unknown", not an age of 1.8 billion seconds
     import orchestrator.commands.ng as cmd
 
-    monkeypatch.setattr(cmd, "open_targets", lambda args, all_nodes=False: [
-        ("rtp1", ng({"tags": {"ft": GOOD_TAG}}))])
+    monkeypatch.setattr(cmd, "open_pool", lambda args, all_nodes=False: pool_of(
+        ng({"tags": {"ft": GOOD_TAG}})))
     assert main(["ng", "query", "c1"]) == 0
     out = capsys.readouterr().out
     assert "age unknown" in out
@@ -112,8 +118,8 @@ def test_cli_exit_1_for_a_wrong_type(capsys: pytest.CaptureFixture[str],
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     import orchestrator.commands.ng as cmd
 
-    monkeypatch.setattr(cmd, "open_targets", lambda args, all_nodes=False: [
-        ("rtp1", ng({"tags": [1, 2]}))])
+    monkeypatch.setattr(cmd, "open_pool", lambda args, all_nodes=False: pool_of(
+        ng({"tags": [1, 2]})))
     assert main(["ng", "query", "c1"]) == 1
     err = capsys.readouterr().err
     assert "query reply: 'tags' is a list, expected a dictionary" in err

@@ -19,8 +19,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from orchestrator.controller.dialog import RsDialog
+from orchestrator.daemons import free_port
 from orchestrator.kamailio.events import RsReply
-from orchestrator.lab.procs import free_port
 from orchestrator.lab.srs import SrsConfig, SrsServer
 from orchestrator.lab.srs.checks import check_request
 from orchestrator.siprec import (

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.cli import main
-from orchestrator.lab.procs import free_port
+from orchestrator.daemons import free_port
 
 
 @pytest.mark.parametrize(("argv", "message"), [

@@ -9,14 +9,17 @@
         ...  # point the SRC at srs.uri
         srs.wait_for(lambda ss: any(s.state == "terminated" for s in ss), timeout=5)
 
-Protocol code is sans-IO (:mod:`.sip`, :mod:`.sdp`, :mod:`.checks`, :mod:`.media`); the
-server (:mod:`.server`) runs it on UDP and TCP sockets in background threads.
+Protocol code is sans-IO (:mod:`orchestrator.sip`, :mod:`.sip`, :mod:`.sdp`, :mod:`.checks`,
+:mod:`.media`); the server (:mod:`.server`, its concerns in :mod:`.transport`,
+:mod:`.transactions`, :mod:`.uas`, :mod:`.uac`, :mod:`.sessions`, :mod:`.streams`,
+:mod:`.records`) runs it on UDP and TCP sockets in background threads.
 """
 
 from __future__ import annotations
 
+from .config import Behaviour, SrsConfig
 from .media import PcapWriter, RtpPortPool, WavWriter, parse_rtp
-from .server import Behaviour, SrsConfig, SrsServer
+from .server import SrsServer
 from .session import SRS_RULES, SrsFinding, SrsSession, StreamStats
 
 __all__ = [

@@ -1,8 +1,11 @@
-"""Run the real daemons as supervised foreground processes (no shell, argument lists).
+"""Process supervision: the real daemons (and our own children) as foreground processes.
 
-Used by ``siprecctl check`` (smoke starts), the lab and the integration tests::
+No shell: argument lists only. Each process gets its own session (so a stop reaches its
+children too), its output in a log file, a readiness probe and a bounded stop (SIGTERM,
+then SIGKILL). Used by ``siprecctl check`` (smoke starts), the lab (rtpengine, Kamailio,
+the controller, sipp) and the integration tests::
 
-    with Rtpengine(conf, workdir=tmp).started() as rtp:
+    with Rtpengine(conf, workdir=tmp, ng=("127.0.0.1", 2223)).started() as rtp:
         ...  # rtp.ng_address is answering NG ping
 """
 
@@ -14,10 +17,13 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from ..errors import LabError
+from .errors import LabError
+
+__all__ = ["KAMAILIO_BIN", "RTPENGINE_BIN", "Daemon", "Kamailio", "Rtpengine", "free_port",
+           "free_ports", "kamailio_check", "ng_ping", "tcp_open"]
 
 RTPENGINE_BIN = "/usr/bin/rtpengine"
 KAMAILIO_BIN = "/usr/sbin/kamailio"
@@ -59,8 +65,8 @@ def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
 
 def ng_ping(host: str, port: int, timeout: float = 0.5) -> bool:
     """True when an rtpengine answers NG ping on UDP ``host:port``."""
-    from ..errors import SiprecctlError
-    from ..ng import NgClient
+    from .errors import SiprecctlError
+    from .ng import NgClient
 
     try:
         with NgClient((host, port), timeout=timeout) as ng:
@@ -71,6 +77,7 @@ def ng_ping(host: str, port: int, timeout: float = 0.5) -> bool:
 
 
 def tcp_open(host: str, port: int, timeout: float = 0.3) -> bool:
+    """True when something accepts TCP connections on ``host:port``."""
     try:
         with socket.create_connection((host, port), timeout=timeout):
             return True
@@ -79,18 +86,29 @@ def tcp_open(host: str, port: int, timeout: float = 0.3) -> bool:
 
 
 class Daemon:
-    """A foreground daemon with its output captured to ``<workdir>/<name>.log``."""
+    """A foreground process with its output captured to ``log_path``
+    (default ``<workdir>/<name>.log``); ``workdir`` is also its working directory.
+
+    Readiness is :meth:`ready`: subclasses override it, or pass ``ready`` (a probe
+    returning True once the process serves).
+    """
 
     name = "daemon"
 
-    def __init__(self, argv: Sequence[str], workdir: Path) -> None:
+    def __init__(self, argv: Sequence[str], workdir: Path, *, name: str | None = None,
+                 log_path: Path | None = None, ready: Callable[[], bool] | None = None) -> None:
+        if name is not None:
+            self.name = name
         self.argv = list(argv)
         self.workdir = Path(workdir)
-        self.log_path = self.workdir / f"{self.name}.log"
+        self.log_path = Path(log_path) if log_path is not None else \
+            self.workdir / f"{self.name}.log"
+        self._probe = ready
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         try:
             self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
@@ -100,8 +118,13 @@ class Daemon:
         finally:
             log.close()
 
-    def ready(self) -> bool:  # pragma: no cover - overridden
-        return True
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def ready(self) -> bool:
+        """True once the process serves (default: the ``ready`` probe, else at once)."""
+        return self._probe() if self._probe is not None else True
 
     def wait_ready(self, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
@@ -127,13 +150,14 @@ class Daemon:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
-    def stop(self, timeout: float = 5.0) -> int | None:
-        """SIGTERM the process group, SIGKILL after ``timeout``; returns the exit status."""
+    def stop(self, timeout: float = 5.0, *, kill: bool = False) -> int | None:
+        """SIGTERM the process group (SIGKILL with ``kill``), SIGKILL after ``timeout``;
+        returns the exit status."""
         p = self.proc
         if p is None or p.poll() is not None:
             return None if p is None else p.returncode
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(p.pid, signal.SIGTERM)
+            os.killpg(p.pid, signal.SIGKILL if kill else signal.SIGTERM)
         try:
             return p.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -149,6 +173,16 @@ class Daemon:
             yield self
         finally:
             self.stop()
+
+    def exit_status(self, timeout: float = 0.0) -> int | None:
+        """The exit status once the process has exited (waiting up to ``timeout``), or None
+        while it runs (or was never started)."""
+        if self.proc is None:
+            return None
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
