@@ -274,6 +274,40 @@ def test_identity_survives_any_bytes(lab: Lab, phones: tuple[socket.socket, sock
     assert not [p for p in chk.problems if "identity" in p or "metadata" in p], chk.problems
 
 
+def test_call_ended_by_the_edge_emits_one_ended_by_edge(
+        lab: Lab, phones: tuple[socket.socket, socket.socket]) -> None:
+    """dlg.end_dlg (how the controller ends a call whose recording is required and failed):
+    both parties get a BYE, the dialog goes, one `ended` with by=edge."""
+    caller, callee = phones
+    cport = caller.getsockname()[1]
+    call_id = b"end-%s@test" % os.urandom(4).hex().encode()
+    from_hdr = b"<sip:caller@127.0.0.1:%d>;tag=caller1" % cport
+    caller.sendto(_invite(call_id, cport, from_hdr=from_hdr), SIP)
+    req, addr = _recv(callee, b"INVITE ")
+    callee.sendto(_reply(req, b"200 OK", extra=b"Contact: <sip:callee@127.0.0.1:%d>\r\n"
+                         b"Content-Type: application/sdp\r\n" % UAS_PORT, body=SDP.encode()),
+                  addr)
+    ok, _ = _recv(caller, b"SIP/2.0 200")
+    routes = [ln.split(b":", 1)[1].strip() for ln in ok.split(b"\r\n")
+              if ln.lower().startswith(b"record-route:")]
+    caller.sendto(_in_dialog(b"ACK", call_id, cport, from_hdr=from_hdr, to=_hdr(ok, "To"),
+                             routes=routes, cseq=1), SIP)
+    ev = lab.events.wait_for(lambda e: e["event"] == "answered" and
+                             e["call_id"] == call_id.decode())
+    lab.rpc.call("dlg.end_dlg", ev["h_entry"], ev["h_id"])
+    for sock in (caller, callee):
+        bye, addr = _recv(sock, b"BYE ")
+        sock.sendto(_reply(bye, b"200 OK"), addr)
+    ended = lab.events.wait_for(lambda e: e["event"] == "ended" and
+                                e["call_id"] == call_id.decode())
+    assert ended["by"] == "edge"
+    poll("the dialog gone", lambda: not [d for d in lab.dialogs()
+                                          if d.get("call-id") == call_id.decode()], 5)
+    time.sleep(0.5)
+    assert len([e for e in lab.events.events
+                if e["event"] == "ended" and e["call_id"] == call_id.decode()]) == 1
+
+
 @pytest.mark.parametrize(("from_hdr", "call_id", "status"), [
     (b"<sip:a@example.com>;tag=t\xff1", b"ok-%s@test", b"400 Bad From tag"),
     (b"<sip:a@example.com>", b"ok-%s@test", b"400 Bad From tag"),
