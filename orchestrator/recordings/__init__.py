@@ -7,7 +7,14 @@ a separate SQLite file.
 from __future__ import annotations
 
 from .collect import RecordingCheck, check_metafile, collect, finished_metafiles, follow
-from .encoding import decode_metadata, decode_text, decode_value, original_bytes, readable
+from .encoding import (
+    decode_metadata,
+    decode_text,
+    decode_uri,
+    decode_value,
+    original_bytes,
+    readable,
+)
 from .index import RecordingIndex, default_index_path
 from .metafile import (
     PcapMetadata,
@@ -33,6 +40,7 @@ __all__ = [
     "collect",
     "decode_metadata",
     "decode_text",
+    "decode_uri",
     "decode_value",
     "default_index_path",
     "finished_metafiles",

@@ -14,7 +14,14 @@ metadata pairs. Display names arrive already unquoted, their quoted-pairs undone
   control characters, and ``%`` itself — is written ``%xx``, so
   :func:`original_bytes` (``readable`` inverted) recovers the bytes exactly;
 * :func:`decode_text` is ``readable(decode_value(v))``; :func:`decode_metadata` decodes a
-  whole ``k:v|k:v`` metadata string that way.
+  whole ``k:v|k:v`` metadata string that way;
+* :func:`decode_uri` is for values that are URIs (From/To/P-Asserted-Identity, R-URI):
+  printable ASCII as is (a URI's own ``%xx`` escapes included), every other byte ``%xx``
+  (RFC 3986 §2.1, RFC 3261 §19.1.2) — a URI again, e.g. for an RFC 7865 ``<aor>``.
+
+Which to use: text for people and XML (display names, header values) → :func:`decode_text`;
+a URI → :func:`decode_uri`; a value that goes back into SIP or to rtpengine as it came (a
+body, a Contact or Record-Route value) → :func:`decode_value` (the bytes).
 
 Values written by older configs (``{s.escape.param}``: ``[]/:&+$!*'()`` left as they were)
 decode the same way: any printable ASCII character but ``%`` stands for itself.
@@ -28,7 +35,8 @@ from urllib.parse import unquote_to_bytes
 from ..errors import RecordingError, SiprecctlError
 from .metafile import parse_metadata_string
 
-__all__ = ["decode_metadata", "decode_text", "decode_value", "original_bytes", "readable"]
+__all__ = ["decode_metadata", "decode_text", "decode_uri", "decode_value", "original_bytes",
+           "readable"]
 
 # printable ASCII except '%', or a '%' with two hex digits
 _ENCODED = re.compile(r"(?:[!-$&-~]|%[0-9A-Fa-f]{2})*")
@@ -80,6 +88,14 @@ def decode_text(value: str, *, what: str = "value",
                 error: type[SiprecctlError] = RecordingError) -> str:
     """An edge-encoded value as readable text (see :func:`readable`)."""
     return readable(decode_value(value, what=what, error=error))
+
+
+def decode_uri(value: str, *, what: str = "value",
+               error: type[SiprecctlError] = RecordingError) -> str:
+    """An edge-encoded URI as a URI: bytes outside printable ASCII percent-encoded, the rest
+    (``%`` included: the URI's own escapes) as is."""
+    return "".join(chr(b) if 0x21 <= b <= 0x7E else f"%{b:02x}"
+                   for b in decode_value(value, what=what, error=error))
 
 
 def decode_metadata(value: str | None) -> dict[str, str]:

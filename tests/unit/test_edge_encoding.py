@@ -13,6 +13,7 @@ from orchestrator.errors import EvapiProtocolError, RecordingError
 from orchestrator.recordings import (
     decode_metadata,
     decode_text,
+    decode_uri,
     decode_value,
     original_bytes,
     readable,
@@ -113,3 +114,14 @@ def test_decode_metadata_of_an_edge_recording() -> None:
         "from-name": 'A"B', "rule": "default", "edge": "edge1", "x-customer-id": "C-1 |:x"}
     with pytest.raises(RecordingError, match=r"^metadata 'from': not percent-encoded"):
         decode_metadata("from:a b|to:x")
+
+
+@pytest.mark.parametrize(("encoded", "uri"), [
+    ("sip%3a%2b44%ff1%40example.com", "sip:+44%ff1@example.com"),
+    ("sip%3aa%2520b%40h", "sip:a%20b@h"),                  # the URI's own escape kept
+    ("sip%3aag%01ent%40h", "sip:ag%01ent@h"),
+    ("sip%3aM%c3%bcller%40h", "sip:M%c3%bcller@h"),         # a URI has no raw UTF-8
+    ("sip%3aa%20b%40h", "sip:a%20b@h"),
+])
+def test_decode_uri(encoded: str, uri: str) -> None:
+    assert decode_uri(encoded) == uri
