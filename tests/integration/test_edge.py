@@ -214,21 +214,12 @@ def phones(lab: Lab) -> Iterator[tuple[socket.socket, socket.socket]]:
         yield caller, callee
 
 
-def test_identity_survives_any_bytes(lab: Lab, phones: tuple[socket.socket, socket.socket]
-                                     ) -> None:
+def raw_call(lab: Lab, phones: tuple[socket.socket, socket.socket], call_id: bytes,
+             from_hdr: bytes, headers: bytes = b"") -> dict[str, Any]:
+    """A whole call between the two sockets (INVITE, 200, ACK, BYE, 200; the callee
+    honours Record-Route); returns the `answered` event."""
     caller, callee = phones
     cport = caller.getsockname()[1]
-    call_id = b"bytes-%s@test" % os.urandom(4).hex().encode()
-    # Latin-1 and a quoted-pair in the display name, an invalid byte in the URI, a control
-    # character in the P-Asserted-Identity, all of it in the metadata header
-    display = b'Caf\xe9 \\"Q\\" \\\\ x'
-    from_uri = b"sip:+44\xff1@example.com"
-    pai_uri = b"sip:ag\x01ent@example.com"
-    customer = b"C-1 \xff\x01|x:y+%"
-    session_id = b"ab30317f1a784dc48ff824d0d3715d86;remote=00000000000000000000000000000000"
-    from_hdr = b'"' + display + b'" <' + from_uri + b">;tag=caller1"
-    headers = (b"P-Asserted-Identity: <" + pai_uri + b">\r\nX-Customer-Id: " + customer +
-               b"\r\nSession-ID: " + session_id + b"\r\n")
     caller.sendto(_invite(call_id, cport, from_hdr=from_hdr, headers=headers), SIP)
     req, addr = _recv(callee, b"INVITE ")
     callee.sendto(_reply(req, b"200 OK", extra=b"Contact: <sip:callee@127.0.0.1:%d>\r\n"
@@ -240,9 +231,31 @@ def test_identity_survives_any_bytes(lab: Lab, phones: tuple[socket.socket, sock
     to = _hdr(ok, "To")
     caller.sendto(_in_dialog(b"ACK", call_id, cport, from_hdr=from_hdr, to=to, routes=routes,
                              cseq=1), SIP)
-
     ev = lab.events.wait_for(lambda e: e["event"] == "answered" and
                              e["call_id"] == call_id.decode())
+    caller.sendto(_in_dialog(b"BYE", call_id, cport, from_hdr=from_hdr, to=to, routes=routes,
+                             cseq=2), SIP)
+    bye, addr = _recv(callee, b"BYE ")
+    callee.sendto(_reply(bye, b"200 OK"), addr)
+    _recv(caller, b"SIP/2.0 200")
+    lab.events.wait_for(lambda e: e["event"] == "ended" and e["call_id"] == call_id.decode())
+    return ev
+
+
+def test_identity_survives_any_bytes(lab: Lab, phones: tuple[socket.socket, socket.socket]
+                                     ) -> None:
+    call_id = b"bytes-%s@test" % os.urandom(4).hex().encode()
+    # Latin-1 and a quoted-pair in the display name, an invalid byte in the URI, a control
+    # character in the P-Asserted-Identity, all of it in the metadata header
+    display = b'Caf\xe9 \\"Q\\" \\\\ x'
+    from_uri = b"sip:+44\xff1@example.com"
+    pai_uri = b"sip:ag\x01ent@example.com"
+    customer = b"C-1 \xff\x01|x:y+%"
+    session_id = b"ab30317f1a784dc48ff824d0d3715d86;remote=00000000000000000000000000000000"
+    from_hdr = b'"' + display + b'" <' + from_uri + b">;tag=caller1"
+    headers = (b"P-Asserted-Identity: <" + pai_uri + b">\r\nX-Customer-Id: " + customer +
+               b"\r\nSession-ID: " + session_id + b"\r\n")
+    ev = raw_call(lab, phones, call_id, from_hdr, headers)
     assert decode_value(ev["from"]) == from_uri
     assert decode_value(ev["from_display"]) == b'Caf\xe9 "Q" \\ x'  # RFC 3261 §25.1 undone
     assert decode_value(ev["to"]) == b"sip:callee@127.0.0.1:%d" % UAS_PORT
@@ -250,13 +263,6 @@ def test_identity_survives_any_bytes(lab: Lab, phones: tuple[socket.socket, sock
     assert decode_value(ev["headers"]["X-Customer-Id"]) == customer
     assert decode_value(ev["session_id"]) == session_id
     assert (ev["from_tag"], ev["to_tag"]) == ("caller1", "callee1")
-
-    caller.sendto(_in_dialog(b"BYE", call_id, cport, from_hdr=from_hdr, to=to, routes=routes,
-                             cseq=2), SIP)
-    bye, addr = _recv(callee, b"BYE ")
-    callee.sendto(_reply(bye, b"200 OK"), addr)
-    _recv(caller, b"SIP/2.0 200")
-    lab.events.wait_for(lambda e: e["event"] == "ended" and e["call_id"] == call_id.decode())
 
     # rtpengine writes the metadata file once the call is gone (after its delete-delay)
     prefix = urllib.parse.quote(call_id.decode(), safe="")
@@ -272,6 +278,20 @@ def test_identity_survives_any_bytes(lab: Lab, phones: tuple[socket.socket, sock
     # no RTP was sent, so `collect` reports empty streams, but nothing about who called whom
     chk = check_metafile(meta)
     assert not [p for p in chk.problems if "identity" in p or "metadata" in p], chk.problems
+
+
+@pytest.mark.parametrize(("from_hdr", "display"), [
+    (b'"" <sip:a@example.com>;tag=d1', b""),
+    (b'"A\\"B" <sip:a@example.com>;tag=d1', b'A"B'),
+    (b'"\\\\" <sip:a@example.com>;tag=d1', b"\\"),
+    (b"Lab Caller <sip:a@example.com>;tag=d1", b"Lab Caller"),
+    (b"<sip:a@example.com>;tag=d1", None),
+])
+def test_display_names(lab: Lab, phones: tuple[socket.socket, socket.socket],
+                       from_hdr: bytes, display: bytes | None) -> None:
+    ev = raw_call(lab, phones, b"dn-%s@test" % os.urandom(4).hex().encode(), from_hdr)
+    got = ev.get("from_display")
+    assert (None if got is None else decode_value(got)) == display
 
 
 def test_call_ended_by_the_edge_emits_one_ended_by_edge(
