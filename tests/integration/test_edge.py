@@ -410,3 +410,28 @@ def test_uac_start_replies_reach_the_controller_and_tm_acks_the_2xx(lab: Lab) ->
     assert decode_value(final["content_type"]) == b"application/sdp"
     assert decode_value(final["body"]) == body
     assert float(final["ts"]) > 0 and json.dumps(final)
+
+
+def test_rs_reply_with_a_body_too_big_for_an_event_says_so(lab: Lab) -> None:
+    """A body that would not fit an event once encoded (over 16 KB) is not dropped silently:
+    the event carries `body_error` instead."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as srs:
+        srs.settimeout(5)
+        srs.bind(("127.0.0.1", 0))
+        sport = srs.getsockname()[1]
+        call_id = f"siprec-{os.urandom(6).hex()}"
+        hdrs = (f"From: <sip:siprec-src@{SIP[0]}:{SIP[1]}>\r\nTo: <sip:srs@127.0.0.1:{sport}>\r\n"
+                f"Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\n"
+                f"Contact: <sip:siprec-src@{SIP[0]}:{SIP[1]}>;+sip.src\r\n"
+                f"Content-Type: application/sdp\r\n")
+        lab.rpc.call("tm.t_uac_start", "INVITE", f"sip:srs@127.0.0.1:{sport}", ".", ".", hdrs,
+                     SDP)
+        invite, addr = _recv(srs, b"INVITE ")
+        body = SDP.encode() + b"a=x-pad:" + b"p" * 17000 + b"\r\n"
+        srs.sendto(_reply(invite, b"200 OK", to_tag=b"srs1", body=body,
+                          extra=b"Contact: <sip:srs@127.0.0.1:%d>\r\n"
+                          b"Content-Type: application/sdp\r\n" % sport), addr)
+        _recv(srs, b"ACK ")
+    ev = lab.events.wait_for(lambda e: e["event"] == "rs_reply" and e["call_id"] == call_id)
+    assert ev["code"] == 200 and "body" not in ev
+    assert ev["body_error"] == f"body of {len(body)} bytes is over the 16384-byte limit"
