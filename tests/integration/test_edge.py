@@ -214,10 +214,10 @@ def phones(lab: Lab) -> Iterator[tuple[socket.socket, socket.socket]]:
         yield caller, callee
 
 
-def raw_call(lab: Lab, phones: tuple[socket.socket, socket.socket], call_id: bytes,
-             from_hdr: bytes, headers: bytes = b"") -> dict[str, Any]:
-    """A whole call between the two sockets (INVITE, 200, ACK, BYE, 200; the callee
-    honours Record-Route); returns the `answered` event."""
+def establish(lab: Lab, phones: tuple[socket.socket, socket.socket], call_id: bytes,
+              from_hdr: bytes, headers: bytes = b"") -> tuple[dict[str, Any], bytes, list[bytes]]:
+    """INVITE, 200, ACK between the two sockets (the callee honours Record-Route); returns
+    the `answered` event, the To header with its tag and the caller's route set."""
     caller, callee = phones
     cport = caller.getsockname()[1]
     caller.sendto(_invite(call_id, cport, from_hdr=from_hdr, headers=headers), SIP)
@@ -233,6 +233,16 @@ def raw_call(lab: Lab, phones: tuple[socket.socket, socket.socket], call_id: byt
                              cseq=1), SIP)
     ev = lab.events.wait_for(lambda e: e["event"] == "answered" and
                              e["call_id"] == call_id.decode())
+    return ev, to, routes
+
+
+def raw_call(lab: Lab, phones: tuple[socket.socket, socket.socket], call_id: bytes,
+             from_hdr: bytes, headers: bytes = b"") -> dict[str, Any]:
+    """A whole call between the two sockets, ended by the caller's BYE; returns the
+    `answered` event."""
+    caller, callee = phones
+    cport = caller.getsockname()[1]
+    ev, to, routes = establish(lab, phones, call_id, from_hdr, headers)
     caller.sendto(_in_dialog(b"BYE", call_id, cport, from_hdr=from_hdr, to=to, routes=routes,
                              cseq=2), SIP)
     bye, addr = _recv(callee, b"BYE ")
@@ -299,21 +309,9 @@ def test_call_ended_by_the_edge_emits_one_ended_by_edge(
     """dlg.end_dlg (how the controller ends a call whose recording is required and failed):
     both parties get a BYE, the dialog goes, one `ended` with by=edge."""
     caller, callee = phones
-    cport = caller.getsockname()[1]
     call_id = b"end-%s@test" % os.urandom(4).hex().encode()
-    from_hdr = b"<sip:caller@127.0.0.1:%d>;tag=caller1" % cport
-    caller.sendto(_invite(call_id, cport, from_hdr=from_hdr), SIP)
-    req, addr = _recv(callee, b"INVITE ")
-    callee.sendto(_reply(req, b"200 OK", extra=b"Contact: <sip:callee@127.0.0.1:%d>\r\n"
-                         b"Content-Type: application/sdp\r\n" % UAS_PORT, body=SDP.encode()),
-                  addr)
-    ok, _ = _recv(caller, b"SIP/2.0 200")
-    routes = [ln.split(b":", 1)[1].strip() for ln in ok.split(b"\r\n")
-              if ln.lower().startswith(b"record-route:")]
-    caller.sendto(_in_dialog(b"ACK", call_id, cport, from_hdr=from_hdr, to=_hdr(ok, "To"),
-                             routes=routes, cseq=1), SIP)
-    ev = lab.events.wait_for(lambda e: e["event"] == "answered" and
-                             e["call_id"] == call_id.decode())
+    ev, _, _ = establish(lab, phones, call_id,
+                         b"<sip:caller@127.0.0.1:%d>;tag=caller1" % caller.getsockname()[1])
     lab.rpc.call("dlg.end_dlg", ev["h_entry"], ev["h_id"])
     for sock in (caller, callee):
         bye, addr = _recv(sock, b"BYE ")
@@ -348,6 +346,21 @@ def test_initial_invite_the_edge_cannot_key_or_carry_is_refused(
 
 # ------------------------------------------------------------------ tm.t_uac_start replies
 
+def uac_start(lab: Lab, srs: socket.socket, cseq: int) -> tuple[str, bytes, tuple[str, int]]:
+    """Have the edge send a recording session INVITE with tm.t_uac_start (asynchronous, as
+    the controller does) to the SRS socket ``srs``; returns the Call-ID and the INVITE as
+    the SRS got it, with its source."""
+    sport = srs.getsockname()[1]
+    call_id = f"siprec-{os.urandom(6).hex()}"
+    hdrs = (f"From: <sip:siprec-src@{SIP[0]}:{SIP[1]}>\r\nTo: <sip:srs@127.0.0.1:{sport}>\r\n"
+            f"Call-ID: {call_id}\r\nCSeq: {cseq} INVITE\r\n"
+            f"Contact: <sip:siprec-src@{SIP[0]}:{SIP[1]}>;+sip.src\r\n"
+            f"Content-Type: application/sdp\r\n")
+    lab.rpc.call("tm.t_uac_start", "INVITE", f"sip:srs@127.0.0.1:{sport}", ".", ".", hdrs, SDP)
+    invite, addr = _recv(srs, b"INVITE ")
+    return call_id, invite, addr
+
+
 def test_uac_start_replies_reach_the_controller_and_tm_acks_the_2xx(lab: Lab) -> None:
     """The recording session's INVITE sent asynchronously (tm.t_uac_start): its 180 and 200
     come back as rs_reply events with what confirming the dialog needs, and tm ACKs the 2xx
@@ -356,14 +369,7 @@ def test_uac_start_replies_reach_the_controller_and_tm_acks_the_2xx(lab: Lab) ->
         srs.settimeout(5)
         srs.bind(("127.0.0.1", 0))
         sport = srs.getsockname()[1]
-        call_id = f"siprec-{os.urandom(6).hex()}"
-        hdrs = (f"From: <sip:siprec-src@{SIP[0]}:{SIP[1]}>\r\nTo: <sip:srs@127.0.0.1:{sport}>\r\n"
-                f"Call-ID: {call_id}\r\nCSeq: 7 INVITE\r\n"
-                f"Contact: <sip:siprec-src@{SIP[0]}:{SIP[1]}>;+sip.src\r\n"
-                f"Content-Type: application/sdp\r\n")
-        lab.rpc.call("tm.t_uac_start", "INVITE", f"sip:srs@127.0.0.1:{sport}", ".", ".", hdrs,
-                     SDP)
-        invite, addr = _recv(srs, b"INVITE ")
+        call_id, invite, addr = uac_start(lab, srs, 7)
         from_tag = _hdr(invite, "From").split(b";tag=")[1].decode()
         srs.sendto(_reply(invite, b"180 Ringing", to_tag=b"srs1"), addr)
         # Record-Route as two header fields, the second with two values; the last value is
@@ -419,14 +425,7 @@ def test_rs_reply_with_a_body_too_big_for_an_event_says_so(lab: Lab) -> None:
         srs.settimeout(5)
         srs.bind(("127.0.0.1", 0))
         sport = srs.getsockname()[1]
-        call_id = f"siprec-{os.urandom(6).hex()}"
-        hdrs = (f"From: <sip:siprec-src@{SIP[0]}:{SIP[1]}>\r\nTo: <sip:srs@127.0.0.1:{sport}>\r\n"
-                f"Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\n"
-                f"Contact: <sip:siprec-src@{SIP[0]}:{SIP[1]}>;+sip.src\r\n"
-                f"Content-Type: application/sdp\r\n")
-        lab.rpc.call("tm.t_uac_start", "INVITE", f"sip:srs@127.0.0.1:{sport}", ".", ".", hdrs,
-                     SDP)
-        invite, addr = _recv(srs, b"INVITE ")
+        call_id, invite, addr = uac_start(lab, srs, 1)
         body = SDP.encode() + b"a=x-pad:" + b"p" * 17000 + b"\r\n"
         srs.sendto(_reply(invite, b"200 OK", to_tag=b"srs1", body=body,
                           extra=b"Contact: <sip:srs@127.0.0.1:%d>\r\n"
