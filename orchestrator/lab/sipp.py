@@ -29,14 +29,13 @@ def workdir(path: Path) -> Path:
 
 def uas(cwd: Path, host: str, port: int, *, rtp_echo: bool = True,
         record_route: bool = False) -> subprocess.Popen[bytes]:
-    """Start a callee answering every call (echoing RTP so both legs carry media).
-
-    sipp's built-in ``uas`` ignores Record-Route (so do many PBXs): the caller's ACK and
-    BYE then reach the edge without Route headers. ``record_route=True`` runs
-    ``uas_rr.xml`` instead, a callee that copies Record-Route into its replies."""
-    scenario = ["-sf", "uas_rr.xml"] if record_route else ["-sn", "uas"]
-    argv = [SIPP_BIN, *scenario, "-i", host, "-p", str(port), "-nostdin",
+    """Start a callee answering every call (echoing RTP so both legs carry media)."""
+    argv = [SIPP_BIN, "-sn", "uas", "-i", host, "-p", str(port), "-nostdin",
             "-trace_err", "-error_file", str(cwd / "uas_errors.log")]
+    if record_route:
+        # sipp's built-in uas ignores Record-Route (so do many PBXs): the caller's ACK and
+        # BYE then reach the edge without our Route. uas_rr.xml copies it into its replies.
+        argv[1:3] = ["-sf", "uas_rr.xml"]
     if rtp_echo:
         argv.append("-rtp_echo")
     try:
