@@ -37,6 +37,9 @@ EVAPI = (EDGE.evapi.address, EDGE.evapi.port)
 RPC_URL = f"http://{EDGE.jsonrpc.address}:{EDGE.jsonrpc.port}/RPC"
 UAS_PORT = 5080  # the lab's trunk
 DELETE_DELAY = SITE.media.delete_delay
+# the raw-socket SRS takes the lab SRS's place (the edge sends recording sessions only there)
+SRS_URI = SITE.recording.srs_groups[0].servers[0].uri
+SRS = (SRS_URI.rsplit("@", 1)[1].split(":")[0], int(SRS_URI.rsplit(":", 1)[1]))
 
 # Kamailio's shm after the 200-call soak may differ from before it by this much: what is left
 # is allocator fragmentation and caches, not per-call state (a leaked dialog alone holds
@@ -350,13 +353,12 @@ def uac_start(lab: Lab, srs: socket.socket, cseq: int) -> tuple[str, bytes, tupl
     """Have the edge send a recording session INVITE with tm.t_uac_start (asynchronous, as
     the controller does) to the SRS socket ``srs``; returns the Call-ID and the INVITE as
     the SRS got it, with its source."""
-    sport = srs.getsockname()[1]
     call_id = f"siprec-{os.urandom(6).hex()}"
-    hdrs = (f"From: <sip:siprec-src@{SIP[0]}:{SIP[1]}>\r\nTo: <sip:srs@127.0.0.1:{sport}>\r\n"
+    hdrs = (f"From: <sip:siprec-src@{SIP[0]}:{SIP[1]}>\r\nTo: <{SRS_URI}>\r\n"
             f"Call-ID: {call_id}\r\nCSeq: {cseq} INVITE\r\n"
             f"Contact: <sip:siprec-src@{SIP[0]}:{SIP[1]}>;+sip.src\r\n"
             f"Content-Type: application/sdp\r\n")
-    lab.rpc.call("tm.t_uac_start", "INVITE", f"sip:srs@127.0.0.1:{sport}", ".", ".", hdrs, SDP)
+    lab.rpc.call("tm.t_uac_start", "INVITE", SRS_URI, ".", ".", hdrs, SDP)
     invite, addr = _recv(srs, b"INVITE ")
     return call_id, invite, addr
 
@@ -367,7 +369,7 @@ def test_uac_start_replies_reach_the_controller_and_tm_acks_the_2xx(lab: Lab) ->
     (and its retransmission) by itself."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as srs:
         srs.settimeout(5)
-        srs.bind(("127.0.0.1", 0))
+        srs.bind(SRS)
         sport = srs.getsockname()[1]
         call_id, invite, addr = uac_start(lab, srs, 7)
         from_tag = _hdr(invite, "From").split(b";tag=")[1].decode()
@@ -423,7 +425,7 @@ def test_rs_reply_with_a_body_too_big_for_an_event_says_so(lab: Lab) -> None:
     the event carries `body_error` instead."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as srs:
         srs.settimeout(5)
-        srs.bind(("127.0.0.1", 0))
+        srs.bind(SRS)
         sport = srs.getsockname()[1]
         call_id, invite, addr = uac_start(lab, srs, 1)
         body = SDP.encode() + b"a=x-pad:" + b"p" * 17000 + b"\r\n"
