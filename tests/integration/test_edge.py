@@ -382,6 +382,8 @@ def test_uac_start_replies_reach_the_controller_and_tm_acks_the_2xx(lab: Lab) ->
         ok = _reply(invite, b"200 OK", to_tag=b"srs1", body=body,
                     extra=b"".join(b"Record-Route: " + r + b"\r\n" for r in rr) +
                     b"Contact: <sip:srs@127.0.0.1:%d>;+sip.srs\r\n"
+                    b"Session-ID: 47755a9de7794ba387653f2099600ef2;remote=ab30317f1a784dc4"
+                    b"8ff824d0d3715d86\r\n"
                     b"Content-Type: application/sdp\r\n" % sport)
         srs.sendto(ok, addr)
         ack, _ = _recv(srs, b"ACK ")
@@ -417,6 +419,8 @@ def test_uac_start_replies_reach_the_controller_and_tm_acks_the_2xx(lab: Lab) ->
     assert [decode_value(v) for v in final["record_route"]] == rr
     assert decode_value(final["content_type"]) == b"application/sdp"
     assert decode_value(final["body"]) == body
+    assert decode_value(final["session_id"]) == (b"47755a9de7794ba387653f2099600ef2;remote="
+                                                 b"ab30317f1a784dc48ff824d0d3715d86")
     assert float(final["ts"]) > 0 and json.dumps(final)
 
 
