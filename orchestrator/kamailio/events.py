@@ -1,6 +1,12 @@
 """The edge's evapi events, typed once at the boundary (the generated config's route[EVENT],
 route[RS_INDLG] and reply_route say what each carries).
 
+Every SIP-derived value arrives percent-encoded (:mod:`.encoding`; any byte survives) and is
+decoded here: URIs with :func:`~.encoding.decode_uri` (bytes outside printable ASCII stay
+``%xx``, so a URI stays a URI), display names and header values with
+:func:`~.encoding.decode_text` (readable, XML-safe, the original bytes recoverable), bodies
+and values that go back into SIP with :func:`~.encoding.decode_value` (the exact bytes).
+
 ``parse_event(doc)`` turns one decoded JSON object into a frozen dataclass, or raises
 :class:`EvapiProtocolError` naming the event and the field. Everything downstream (the
 controller's per-call core) works on these types, never on raw dicts.
@@ -13,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import EvapiProtocolError
+from .encoding import decode_text, decode_uri, decode_value
 
 __all__ = [
     "CallAnswered",
@@ -160,6 +167,28 @@ class _Fields:
             raise self._bad(key, "a string")
         return v
 
+    def _what(self, key: str) -> str:
+        return f"evapi event {self.kind!r}: field {key!r}"
+
+    def uri(self, key: str) -> str | None:
+        """An edge-encoded URI, decoded (a URI again)."""
+        v = self.opt_text(key)
+        return None if v is None else decode_uri(v, what=self._what(key),
+                                                 error=EvapiProtocolError)
+
+    def enc_text(self, key: str) -> str | None:
+        """An edge-encoded display name or header value, as readable text."""
+        v = self.opt_text(key)
+        return None if v is None else decode_text(v, what=self._what(key),
+                                                  error=EvapiProtocolError)
+
+    def sip_value(self, key: str) -> str | None:
+        """An edge-encoded value that goes back into SIP as it came (Contact, reason...)."""
+        v = self.opt_text(key)
+        return None if v is None else decode_value(
+            v, what=self._what(key), error=EvapiProtocolError).decode("utf-8",
+                                                                     "surrogateescape")
+
     def integer(self, key: str) -> int:
         v = self.doc.get(key)
         if isinstance(v, bool):
@@ -189,28 +218,33 @@ class _Fields:
         return v
 
     def body(self) -> bytes:
+        if self.doc.get("body_error"):
+            raise EvapiProtocolError(f"evapi event {self.kind!r}: the edge could not relay "
+                                     f"the body ({self.doc.get('body_error')})")
         v = self.doc.get("body")
-        if v is None:
+        if v is None or v == "":
             return b""
         if not isinstance(v, str):
             raise self._bad("body", "a string")
-        return v.encode("utf-8", "surrogateescape")
+        return decode_value(v, what=self._what("body"), error=EvapiProtocolError)
 
     def headers(self) -> dict[str, str]:
         v = self.doc.get("headers") or {}
         if not isinstance(v, Mapping) or not all(isinstance(x, str) for x in v.values()):
             raise self._bad("headers", "an object of strings")
-        return {str(k): str(x) for k, x in v.items()}
+        return {str(k): decode_text(x, what=self._what(f"headers.{k}"),
+                                    error=EvapiProtocolError) for k, x in v.items()}
 
     def route(self) -> tuple[str, ...]:
         v = self.doc.get("record_route")
         if v is None or v == "":
             return ()
-        if isinstance(v, str):
-            return (v,)
-        if isinstance(v, list) and all(isinstance(x, str) for x in v):
-            return tuple(v)
-        raise self._bad("record_route", "a string or a list of strings")
+        items = [v] if isinstance(v, str) else v
+        if not isinstance(items, list) or not all(isinstance(x, str) for x in items):
+            raise self._bad("record_route", "a string or a list of strings")
+        return tuple(decode_value(x, what=self._what("record_route"),
+                                  error=EvapiProtocolError).decode("utf-8", "surrogateescape")
+                     for x in items)
 
 
 def parse_event(doc: Mapping[str, Any]) -> EdgeEvent | None:
@@ -221,12 +255,12 @@ def parse_event(doc: Mapping[str, Any]) -> EdgeEvent | None:
         return CallAnswered(
             edge=f.text("edge"), call_id=f.text("call_id"), ts=f.ts(),
             from_tag=f.text("from_tag"), to_tag=f.text("to_tag"),
-            from_uri=f.opt_text("from") or "", to_uri=f.opt_text("to") or "",
-            from_display=f.opt_text("from_display"), to_display=f.opt_text("to_display"),
-            pai=f.opt_text("pai"), ruri=f.opt_text("ruri"), trunk=f.opt_text("trunk"),
+            from_uri=f.uri("from") or "", to_uri=f.uri("to") or "",
+            from_display=f.enc_text("from_display"), to_display=f.enc_text("to_display"),
+            pai=f.uri("pai"), ruri=f.uri("ruri"), trunk=f.opt_text("trunk"),
             rtpengine=f.opt_text("rtpengine"), rule=f.opt_text("rule"),
             record_local=f.boolean("record_local"), siprec=f.opt_text("siprec"),
-            session_id=f.opt_text("session_id"), h_entry=f.opt_int("h_entry"),
+            session_id=f.enc_text("session_id"), h_entry=f.opt_int("h_entry"),
             h_id=f.opt_int("h_id"), headers=f.headers())
     if kind == "reinvite":
         by = f.opt_text("by") or "caller"
@@ -241,15 +275,15 @@ def parse_event(doc: Mapping[str, Any]) -> EdgeEvent | None:
     if kind == "rs_reply":
         return RsReply(edge=f.text("edge"), rs_call_id=f.text("call_id"),
                        method=f.text("method"), cseq=f.integer("cseq"), code=f.integer("code"),
-                       reason=f.opt_text("reason") or "", to_tag=f.opt_text("to_tag"),
-                       from_tag=f.opt_text("from_tag"), contact=f.opt_text("contact"),
-                       content_type=f.opt_text("content_type"), body=f.body(),
-                       record_route=f.route(), session_id=f.opt_text("session_id"),
+                       reason=f.sip_value("reason") or "", to_tag=f.opt_text("to_tag"),
+                       from_tag=f.opt_text("from_tag"), contact=f.sip_value("contact"),
+                       content_type=f.sip_value("content_type"), body=f.body(),
+                       record_route=f.route(), session_id=f.sip_value("session_id"),
                        ts=f.ts())
     if kind == "rs_request":
         return RsRequest(edge=f.text("edge"), rs_call_id=f.text("call_id"),
                          method=f.text("method"), cseq=f.opt_int("cseq") or 0,
-                         content_type=f.opt_text("content_type"), body=f.body(), ts=f.ts())
+                         content_type=f.sip_value("content_type"), body=f.body(), ts=f.ts())
     if kind == "rs_error":
         return RsError(edge=f.text("edge"), rs_call_id=f.text("call_id"),
                        method=f.opt_text("method") or "?", ts=f.ts())

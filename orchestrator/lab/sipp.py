@@ -26,12 +26,17 @@ def workdir(path: Path) -> Path:
     return path
 
 
-def uas(cwd: Path, host: str, port: int, *, rtp_echo: bool = True) -> Daemon:
+def uas(cwd: Path, host: str, port: int, *, rtp_echo: bool = True,
+        record_route: bool = False) -> Daemon:
     """Start a callee answering every call (echoing RTP so both legs carry media); its
     errors go to ``uas_errors.log``, its screen output nowhere."""
     # -ci: sipp's UDP control socket binds to 0.0.0.0 unless told otherwise
     argv = [SIPP_BIN, "-sn", "uas", "-i", host, "-ci", host, "-p", str(port), "-nostdin",
             "-trace_err", "-error_file", str(cwd / "uas_errors.log")]
+    if record_route:
+        # sipp's built-in uas ignores Record-Route (so do many PBXs): the caller's ACK and
+        # BYE then reach the edge without our Route. uas_rr.xml copies it into its replies.
+        argv[1:3] = ["-sf", "uas_rr.xml"]
     if rtp_echo:
         argv.append("-rtp_echo")
     proc = Daemon(argv, cwd, name="sipp", log_path=Path(os.devnull))

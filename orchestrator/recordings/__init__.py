@@ -7,6 +7,14 @@ a separate SQLite file.
 from __future__ import annotations
 
 from .collect import RecordingCheck, check_metafile, collect, finished_metafiles, follow
+from .encoding import (
+    decode_metadata,
+    decode_text,
+    decode_uri,
+    decode_value,
+    original_bytes,
+    readable,
+)
 from .index import RecordingIndex, default_index_path
 from .metafile import (
     PcapMetadata,
@@ -30,11 +38,17 @@ __all__ = [
     "call_id_from_filename",
     "check_metafile",
     "collect",
+    "decode_metadata",
+    "decode_text",
+    "decode_uri",
+    "decode_value",
     "default_index_path",
     "finished_metafiles",
     "follow",
+    "original_bytes",
     "parse_metadata_string",
     "parse_pcap_metafile",
     "parse_proc_metafile",
+    "readable",
     "summarize_pcap",
 ]

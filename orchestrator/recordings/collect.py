@@ -3,8 +3,10 @@
 A pcap-method recording is finished when rtpengine has moved its metadata file into
 ``<recording-dir>/metadata/`` (on stop recording, or when the call is destroyed after
 ``delete-delay``). Each is checked: the pcap exists, is readable and complete, holds packets
-for every stream its SDPs announced, and the metadata string carries the keys the site
-requires.
+for every stream its SDPs announced, the metadata string carries the keys the site
+requires, and a recording made by an edge (its metadata has ``edge``, ``from`` or ``to``)
+names both parties: a caller (``from`` or ``pai``) and a callee (``to``) whose decoded
+value is not blank, every value a valid percent-encoding (:mod:`.encoding`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RecordingError
+from .encoding import decode_value
 from .index import RecordingIndex
 from .metafile import call_id_from_filename, parse_pcap_metafile, parse_proc_metafile
 from .pcap import PcapReader
@@ -91,6 +94,7 @@ def check_metafile(meta: Path, *, required_keys: Iterable[str] = ()) -> Recordin
         chk.call_id = proc.call_id or chk.call_id
         chk.metadata = proc.metadata_pairs
         chk.problems.append("proc-method recording: media is in /proc, not checked here")
+        _identity(chk)
         _required(chk, required_keys)
         return chk
     try:
@@ -139,8 +143,30 @@ def check_metafile(meta: Path, *, required_keys: Iterable[str] = ()) -> Recordin
                 who = f"label {block.label}, " if block.label else ""
                 chk.problems.append(f"no packets for the {media} stream on port {port} "
                                     f"({who}SDP {block.mode or '?'}): one side not recorded")
+    _identity(chk)
     _required(chk, required_keys)
     return chk
+
+
+def _identity(chk: RecordingCheck) -> None:
+    """An edge's recording must say who called whom (issue: a byte the edge could not
+    carry once left ``from:`` empty while the recording looked fine)."""
+    md = chk.metadata
+    if not any(k in md for k in ("edge", "from", "to")):
+        return  # not made by an edge (e.g. `record start --metadata`): nothing to expect
+    decoded: dict[str, bytes] = {}
+    for key, value in md.items():
+        try:
+            decoded[key] = decode_value(value, what=f"metadata {key!r}")
+        except RecordingError as exc:
+            chk.problems.append(str(exc))
+            decoded[key] = value.encode()  # undecodable is a problem, but not an empty one
+    for role, key, alt in (("caller", "from", "pai"), ("callee", "to", None)):
+        if any(decoded.get(k, b"").strip() for k in (key, alt) if k):
+            continue
+        state = "is empty" if key in md else "is missing"
+        also = f" (and no {alt!r})" if alt else ""
+        chk.problems.append(f"{role} identity empty: metadata {key!r} {state}{also}")
 
 
 def _required(chk: RecordingCheck, keys: Iterable[str]) -> None:

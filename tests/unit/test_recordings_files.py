@@ -206,6 +206,50 @@ def test_required_key_missing_and_malformed_metafile(spool: Path) -> None:
         "'not a metafile'"]
 
 
+def _with_metadata(spool: Path, metadata: str) -> Path:
+    """The spool's recording with its metadata string replaced (an edited copy)."""
+    meta = next((spool / "metadata").glob("*.txt"))
+    meta.write_bytes(meta.read_bytes().replace(b"k1:v1|k2:v2", metadata.encode()))
+    return meta
+
+
+EDGE = "call-id:c1%40test|rule:default|edge:edge1"
+
+
+@pytest.mark.parametrize(("metadata", "problems"), [
+    (f"{EDGE}|from:sip%3aa%ff%40h|to:sip%3ab%40h", []),
+    (f"{EDGE}|from:|to:sip%3ab%40h|pai:sip%3a%2b44%40h", []),  # PAI names the caller
+    # what a byte the edge could not encode used to leave behind
+    (f"{EDGE}|from:|to:sip%3ab%40h",
+     ["caller identity empty: metadata 'from' is empty (and no 'pai')"]),
+    (f"{EDGE}|from:%20%09|to:sip%3ab%40h",
+     ["caller identity empty: metadata 'from' is empty (and no 'pai')"]),
+    (f"{EDGE}|from:sip%3aa%40h",
+     ["callee identity empty: metadata 'to' is missing"]),
+    (EDGE, ["caller identity empty: metadata 'from' is missing (and no 'pai')",
+            "callee identity empty: metadata 'to' is missing"]),
+    (f"{EDGE}|from:sip%zz|to:sip%3ab%40h",
+     ["metadata 'from': not percent-encoded at offset 3: '%zz'"]),
+    ("k1:v1|k2:v2", []),  # not an edge's recording (no edge/from/to): nothing expected
+])
+def test_edge_recording_names_both_parties(spool: Path, metadata: str,
+                                           problems: list[str]) -> None:
+    chk = check_metafile(_with_metadata(spool, metadata))
+    assert chk.problems == problems
+    assert chk.status == ("problem" if problems else "ok")
+
+
+def test_cli_collect_flags_an_empty_identity(spool: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    _with_metadata(spool, f"{EDGE}|from:|to:sip%3ab%40h")
+    idx = str(tmp_path / "idx.sqlite")
+    assert main(["recordings", "collect", str(spool), "--index", idx, "--json"]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert out["problems"] == 1
+    assert out["collected"][0]["problems"] == [
+        "caller identity empty: metadata 'from' is empty (and no 'pai')"]
+
+
 def test_collect_indexes_once_then_audit(spool: Path, tmp_path: Path) -> None:
     with RecordingIndex(tmp_path / "idx.sqlite") as index:
         first = collect(spool, index)

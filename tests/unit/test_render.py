@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -105,3 +106,65 @@ def test_cfg_string_escaping() -> None:
     assert rule_condition(rule) == (r'$fu =~ "^sip:\\+44" && (is_present_hf("X-Q") && '
                                     r'$hdr(X-Q) =~ "a|b") && $avp(trunk) == "t"')
     assert rule_condition(Rule.model_validate({"name": "all"})) == "1 == 1"
+
+
+ENC = "{s.urlencode.param}{s.replace,+,%20}"
+# values that go into events unencoded: config literals, Kamailio's own, and the call's
+# identifiers, which route[IDCHECK] holds to printable ASCII tokens
+RAW_OK = {"$var(evname)", "$dlg(callid)", "$ci", "$TV(Sn)", "$rm", "$ft", "$tt",
+          "$var(rsci)", "$var(method)", "rs_error", "rs_request", "rs_reply", "caller",
+          "callee", "edge", "$dlg_var(from_tag)", "$dlg_var(to_tag)", "$dlg_var(trunk)",
+          "$dlg_var(rtpengine)", "$dlg_var(rule)", "$dlg_var(siprec)",
+          # the evapi authentication replies (no SIP-derived value in them)
+          "auth", "ok", "refused", "observer",
+          "another controller of this site is connected to edge {edge} "
+          "(from $sht(evc=>owner_addr))"}
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_sip_values_reach_events_and_metadata_encoded(example: Path) -> None:
+    """Every value taken from a SIP message goes into the evapi JSON and rtpengine's
+    metadata percent-encoded (jansson drops a value that is not UTF-8; rtpengine splits its
+    flags on spaces): checked on the rendered text, so a new field cannot slip past."""
+    site = load(example)
+    for r in render_site(site):
+        if r.kind != "kamailio":
+            continue
+        cfg = r.content
+        assert "{s.escape.param}" not in cfg  # fails on any byte outside printable ASCII
+        encoded_vars = set()
+        for name, rhs in re.findall(r"\$dlg_var\((\w+)\) = (.+);", cfg):
+            if ENC in rhs or rhs == "$var(dn)":
+                encoded_vars.add(name)
+        display = cfg[cfg.index("route[DISPLAY] {"):]
+        assert f"$var(dn) = $(var(dn){ENC});" in display[:display.index("\n}\n")]
+        values = re.findall(r'jansson_(?:set|append)\("string", "[^"]+", "([^"]*)"', cfg)
+        assert len(values) > 30
+        for v in values:
+            m = re.fullmatch(r"\$dlg_var\((\w+)\)", v)
+            raw_ok = RAW_OK | {x.replace("{edge}", e.name) for x in RAW_OK for e in site.edges}
+            ok = (ENC in v or v in raw_ok or v in {e.name for e in site.edges}
+                  or (m is not None and m.group(1) in encoded_vars)
+                  or v.startswith("body of $(rb{s.len}) bytes"))
+            assert ok, f"{r.path}: {v!r} reaches an event unencoded"
+        meta = re.findall(r"\$var\(meta\) = (.+);", cfg)
+        assert meta
+        for line in meta:
+            for ref in re.findall(r"\$dlg_var\((\w+)\)", line):
+                assert ref in encoded_vars or ref == "rule", (r.path, line)
+            assert "$ci" not in line and "$fu" not in line and "$hdr(" not in line
+        assert f"$(ci{ENC})" in meta[0]
+        for h in ["From", "To", "P-Asserted-Identity", "Session-ID",
+                  *site.recording.metadata_headers]:
+            assert f'send_reply("400", "{h} Too Long");' in cfg
+        assert '$ci =~ "[^!-~]"' in cfg and '$ft =~ "[^!-~]"' in cfg
+
+
+def test_dialog_handling_for_uas_that_ignore_record_route() -> None:
+    cfg = next(r.content for r in render_site(load()) if r.kind == "kamailio")
+    known = cfg[cfg.index("\tif (is_known_dlg()) {"):]
+    assert known.split("\n")[1].strip() == "dlg_manage();"
+    # `ended` comes from the dialog module, once per dialog, not from each BYE seen
+    assert "event_route[dialog:end] {\n\t$var(evname) = \"ended\";\n\troute(EVENT);\n}" in cfg
+    assert cfg.count('$var(evname) = "ended";') == 1
+    assert "pv_buffer_size=65536\n" in cfg
