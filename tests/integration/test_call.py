@@ -49,7 +49,8 @@ def lab(tmp_path_factory):
         events = EventReader(EVAPI, secrets.evapi)
         events.start()
         time.sleep(0.3)
-        state = {"rec": rec, "cwd": cwd, "events": events, "kam": kam, "uas": uas}
+        state = {"rec": rec, "cwd": cwd, "events": events, "kam": kam, "uas": uas,
+                 "secrets": secrets}
         try:
             yield state
         finally:
@@ -94,8 +95,9 @@ def use_callee(lab, kind: str) -> None:
     time.sleep(0.3)
 
 
-def dialog_gone(call_id: str, timeout: float = 10.0) -> bool:
-    with KamailioClient(HttpRpcTransport("http://127.0.0.1:5071/RPC")) as rpc:
+def dialog_gone(lab, call_id: str, timeout: float = 10.0) -> bool:
+    with KamailioClient(HttpRpcTransport("http://127.0.0.1:5071/RPC",
+                                         secret=lab["secrets"].jsonrpc)) as rpc:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not [d for d in rpc.call("dlg.list") or [] if d.get("call-id") == call_id]:
@@ -131,7 +133,7 @@ def test_recorded_call(lab, callee: str) -> None:
     assert uac.wait(30) == 0, "sipp UAC reported a failed call"
     ended = lab["events"].wait_for(lambda e: e["event"] == "ended" and e["call_id"] == call_id)
     assert ended["by"] == "caller"
-    assert dialog_gone(call_id), "the dialog must end with the BYE, whatever the callee"
+    assert dialog_gone(lab, call_id), "the dialog must end with the BYE, whatever the callee"
 
     prefix = urllib.parse.quote(call_id, safe="")
     # rtpengine finalises the recording once the call is gone, after its delete-delay
