@@ -47,6 +47,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--answer-delay", type=float, default=0.0, metavar="S",
                    help="send 100 + 180, answer after S seconds")
     b.add_argument("--bye-after", type=float, metavar="S", help="send BYE S seconds after ACK")
+    b.add_argument("--reinvite-delay", type=float, default=0.0, metavar="S",
+                   help="answer the SRC's re-INVITEs S seconds late (after a 100)")
     b.add_argument("--snapshot-after", type=float, metavar="S",
                    help="request a metadata snapshot S seconds after ACK (RFC 7866 §9.2)")
     b.add_argument("--refresh-after", type=float, metavar="S",
@@ -101,6 +103,7 @@ def _config(args: argparse.Namespace) -> SrsConfig:
     try:
         behaviour = Behaviour(reject=args.reject, no_answer=args.no_answer,
                               answer_delay=args.answer_delay, bye_after=args.bye_after,
+                              reinvite_delay=args.reinvite_delay,
                               snapshot_after=args.snapshot_after,
                               refresh_after=args.refresh_after,
                               move_on_refresh=args.move_on_refresh)

@@ -31,11 +31,13 @@ SRS_BEHAVIOUR = {
     "silent": Behaviour(no_answer=True), "bye": Behaviour(bye_after=1.0),
     "snapshot": Behaviour(snapshot_after=0.5), "snaphold": Behaviour(snapshot_after=1.5),
     "refresh": Behaviour(refresh_after=0.5, move_on_refresh=True),
+    "slow": Behaviour(reinvite_delay=0.8),
 }
 # header X-Srs value -> SRS group (the rule of the same name routes it)
 GROUPS = {
     "reject": ["reject", "ok2"], "silent": ["silent", "ok2"], "dead": ["reject"],
     "bye": ["bye"], "snapshot": ["snapshot"], "snaphold": ["snaphold"], "refresh": ["refresh"],
+    "slow": ["slow"],
 }
 
 
@@ -44,7 +46,7 @@ def _site(work: Path, ports: dict[str, Any]) -> dict[str, Any]:
     groups = [{"name": "main", "servers": [{"uri": srs_uri["ok"]}]}]
     for g, members in GROUPS.items():
         groups.append({"name": f"g-{g}", "servers": [{"uri": srs_uri[m]} for m in members],
-                       "timeout": 1.0, "required": g == "dead"})
+                       "timeout": 3.0 if g == "slow" else 1.0, "required": g == "dead"})
     rules = [{"name": "opt-out", "match": {"header": {"name": "X-Record", "pattern": "^no$"}},
               "record": False}]
     rules += [{"name": f"srs-{g}", "match": {"header": {"name": "X-Srs", "pattern": f"^{g}$"}},
@@ -239,6 +241,33 @@ def test_hold_and_resume_send_partial_metadata(stack: LabStack) -> None:
                  len(x.reinvites) >= 2 and x, 5, "the resume update at the SRS")
         assert [r["datamode"] for r in s.reinvites[:2]] == ["partial", "partial"]
         assert all(r["had_metadata"] for r in s.reinvites[:2])
+        assert errors(s.metadata_findings) == []
+    finally:
+        call.bye()
+        call.close()
+
+
+def test_one_invite_transaction_at_a_time_with_a_slow_srs(stack: LabStack) -> None:
+    """The SRS answers re-INVITEs 0.8 s late: hold, resume, hold, resume within 0.3 s must
+    not overlap INVITE transactions (RFC 3261 §14.1 — the SRS would answer 500, finding
+    S07); the three changes made while the first re-INVITE is pending are coalesced into
+    one update with the latest state (not held)."""
+    call = lab_call(stack, **{"X-Srs": "slow"})
+    try:
+        sess = established(stack, call.call_id)
+        srs = stack.srs["slow"]
+        for step in (call.hold, call.resume, call.hold, call.resume):
+            step()
+            time.sleep(0.05)
+        s = wait(lambda: (x := srs_session(srs, sess["rs_call_id"])) and
+                 len(x.reinvites) >= 2 and x, 6, "the updates at the slow SRS")
+        time.sleep(1.0)  # a third re-INVITE, had there been one, would have arrived
+        s = srs_session(srs, sess["rs_call_id"])
+        assert [f.rule for f in s.sip_findings if f.rule == "S07"] == []
+        assert len(s.reinvites) == 2, s.reinvites  # the hold, then the coalesced state
+        assert s.reinvites[1]["at"] - s.reinvites[0]["at"] >= 0.7  # strictly one after the other
+        # the latest state: nobody held (both streams have their sender again)
+        assert sorted(len(st.participants) for st in s.labels.values()) == [1, 1]
         assert errors(s.metadata_findings) == []
     finally:
         call.bye()

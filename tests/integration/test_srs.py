@@ -402,6 +402,33 @@ def test_answer_delay(make_srs: Callable[..., SrsServer]) -> None:
     src.close()
 
 
+def test_reinvite_delay_and_an_overlapping_invite_is_a_finding(
+        make_srs: Callable[..., SrsServer]) -> None:
+    """``reinvite_delay``: the SRC's re-INVITE gets a 100, its 200 that much later; a second
+    re-INVITE while the first is pending breaks RFC 3261 §14.1: 500 + Retry-After (§14.2)
+    and finding S07, the first still answered."""
+    srs = make_srs(reinvite_delay=0.4)
+    src = Src(srs)
+    src.establish()
+    t0 = time.monotonic()
+    ctype, body = build_siprec_body(offer_sdp(2), build_metadata(src.rec))
+    src.request("INVITE", body=body, ctype=ctype)
+    src.expect(100)
+    branch = src.request("INVITE", body=body, ctype=ctype)  # the overlap
+    refused = src.expect(500)
+    assert refused.header("retry-after") == "1"
+    src.ack(cseq=src.cseq, branch=branch)  # a non-2xx final is ACKed in its transaction
+    ok = src.recv(2)
+    while ok.status != 200:  # the 500's retransmissions before our ACK arrived
+        ok = src.recv(2)
+    assert time.monotonic() - t0 >= 0.4 and (ok.header("cseq") or "").startswith(f"{src.cseq - 1} ")
+    src.ack(cseq=src.cseq - 1)
+    s = one(srs, lambda s: any(f.rule == "S07" for f in s.sip_findings))
+    assert [f.rule for f in s.sip_findings if f.rule == "S07"] == ["S07"]
+    assert len(s.reinvites) == 1
+    src.close()
+
+
 def test_cancel(make_srs: Callable[..., SrsServer]) -> None:
     srs = make_srs(answer_delay=5.0)
     src = Src(srs)

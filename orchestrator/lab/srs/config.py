@@ -25,7 +25,8 @@ class Behaviour:
     ``bye_after``/``snapshot_after``/``refresh_after``: after the ACK, send a BYE, a snapshot
     request re-INVITE (RFC 7866 §9.2) or a session refresh re-INVITE; ``move_on_refresh``:
     that refresh offers new RTP ports (the old ones are closed), as an SRS that moves a
-    session to another media node does.
+    session to another media node does. ``reinvite_delay``: answer the SRC's re-INVITEs
+    (after a 100) this late, as a slow SRS does.
     """
 
     reject: int | None = None
@@ -35,13 +36,14 @@ class Behaviour:
     snapshot_after: float | None = None
     refresh_after: float | None = None
     move_on_refresh: bool = False
+    reinvite_delay: float = 0.0
 
     def __post_init__(self) -> None:
         if self.reject is not None and not 300 <= self.reject <= 699:
             raise LabError(f"behaviour.reject: {self.reject} is not a final non-2xx code "
                            "(300-699)")
-        if self.answer_delay < 0:
-            raise LabError("behaviour.answer_delay: must not be negative")
+        if self.answer_delay < 0 or self.reinvite_delay < 0:
+            raise LabError("behaviour.answer_delay/reinvite_delay: must not be negative")
         for name in ("bye_after", "snapshot_after", "refresh_after"):
             value = getattr(self, name)
             if value is not None and value < 0:

@@ -48,6 +48,8 @@ SRS_RULES: dict[str, tuple[str, str]] = {
                         "request (RFC 7866 §9.2)"),
     "S05": ("srs-request", "the SRC answers the SRS's in-dialog requests"),
     "S06": ("body", "the request carries a usable SDP offer (RFC 7866 §7.1.1)"),
+    "S07": ("invite-overlap", "no INVITE arrives while a previous INVITE transaction of the "
+                              "dialog is pending (RFC 3261 §14.1, answered 500, §14.2)"),
 }
 
 

@@ -100,6 +100,7 @@ class Call:
     last_offer_sdp: bytes | None = None
     pending_2xx: dict[int, Pending2xx] = field(default_factory=dict)
     invite_client: ClientTx | None = None
+    invite_server: ServerTx | None = None  # an SRC re-INVITE not answered yet
     acks: dict[int, tuple[bytes, Peer]] = field(default_factory=dict)
     timers: list[Timer] = field(default_factory=list)
     participants: ParticipantMap = field(default_factory=ParticipantMap)

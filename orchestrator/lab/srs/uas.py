@@ -238,12 +238,37 @@ class SrsDialogs:
     def _on_reoffer(self, call: Call, tx: ServerTx) -> None:
         """re-INVITE or UPDATE from the SRC: new offer and/or metadata (RFC 7866 §7.1.1.1,
         §9.1)."""
-        msg, method, rec = tx.request, tx.method, call.record
+        msg, method = tx.request, tx.method
         number, _ = parse_cseq(msg.header("cseq"))
         source = f"{method} CSeq {number}"
         if method == "INVITE" and call.invite_client is not None:
             self._tx.respond(tx, 491)  # RFC 3261 §14.2: glare with the SRS's own re-INVITE
             return
+        if method == "INVITE" and call.invite_server is not None:
+            # RFC 3261 §14.1: the SRC must not start an INVITE transaction while one is
+            # pending; §14.2: the UAS answers the second one 500 with a Retry-After
+            call.finding("S07", Severity.ERROR, "re-INVITE while CSeq "
+                         f"{parse_cseq(call.invite_server.request.header('cseq'))[0]} is "
+                         "still pending", source)
+            self._tx.respond(tx, 500, headers=[("Retry-After", "1")])
+            return
+        delay = self.config.behaviour.reinvite_delay
+        if method == "INVITE" and delay > 0:
+            call.invite_server = tx
+            self._tx.respond(tx, 100)
+            call.timers.append(self._loop.call_later(delay, self._delayed_reoffer, call, tx))
+            return
+        self._answer_reoffer(call, tx)
+
+    def _delayed_reoffer(self, call: Call, tx: ServerTx) -> None:
+        call.invite_server = None
+        if not call.record.ended:
+            self._answer_reoffer(call, tx)
+
+    def _answer_reoffer(self, call: Call, tx: ServerTx) -> None:
+        msg, method, rec = tx.request, tx.method, call.record
+        number, _ = parse_cseq(msg.header("cseq"))
+        source = f"{method} CSeq {number}"
         sdp = meta = None
         if msg.body.strip():
             sdp, meta, problem = split_body(msg)
