@@ -1,7 +1,7 @@
 """The controller's HTTP API (JSON) and ``/metrics`` (Prometheus), on a private listener.
 
     GET  /health                       edges connected, open sessions
-    GET  /sessions[?open=1]            recording sessions (newest first)
+    GET  /sessions[?open=1][&limit=N]  recording sessions (newest first, 200 by default)
     GET  /sessions/<id>                one session with its history
     GET  /calls/<call-id>              the sessions of a call
     POST /calls/<call-id>/start        {"group": "…", "local": false}
@@ -256,10 +256,17 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             parts = self._parts()
             query = parse_qs(url.query, keep_blank_values=True, strict_parsing=False)
+            limit = 200
             if parts == ["sessions"]:
-                if set(query) - {"open"} or query.get("open", ["0"])[-1] not in ("0", "1") \
-                        or len(query.get("open", [])) > 1:
-                    raise BadRequest(400, "query: only open=0 or open=1")
+                if set(query) - {"open", "limit"} or \
+                        query.get("open", ["0"])[-1] not in ("0", "1") or \
+                        any(len(v) > 1 for v in query.values()):
+                    raise BadRequest(400, "query: open=0|1 and limit=1..10000 only")
+                if "limit" in query:
+                    raw = query["limit"][0]
+                    if not raw.isdigit() or not 1 <= int(raw) <= 10000:
+                        raise BadRequest(400, "query: limit must be 1..10000")
+                    limit = int(raw)
             elif query:
                 raise BadRequest(400, "this resource takes no query")
             if parts == ["health"]:
@@ -267,7 +274,8 @@ class _Handler(BaseHTTPRequestHandler):
             elif parts == ["metrics"]:
                 self._send(200, c.metrics.render(), "text/plain; version=0.0.4")
             elif parts == ["sessions"]:
-                self._send(200, c.session_views(open_only=query.get("open", ["0"])[0] == "1"))
+                self._send(200, c.session_views(open_only=query.get("open", ["0"])[0] == "1",
+                                                limit=limit))
             elif len(parts) == 2 and parts[0] == "sessions":
                 s = c.store.get(parts[1])
                 if s is None:
