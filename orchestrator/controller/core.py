@@ -1097,7 +1097,9 @@ class CallCore:
         return CallInfo(from_header=name_addr(c.from_display, c.from_uri),
                         to_header=name_addr(c.to_display, c.to_uri),
                         from_tag=c.from_tag, to_tag=c.to_tag,
-                        p_asserted_identity=c.pai or None,
+                        # the PAI's own name, else the From name: one person
+                        p_asserted_identity=name_addr(c.pai_display or c.from_display, c.pai)
+                        if c.pai else None,
                         sip_session_id=c.session_id,
                         start_time=datetime.fromtimestamp(self.record.answered_at, UTC))
 

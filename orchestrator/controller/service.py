@@ -682,6 +682,7 @@ class Controller:
                    "from": v.get("from") or d.get("from_uri"), "to": v.get("to") or
                    d.get("to_uri"), "from_display": v.get("from_display"),
                    "to_display": v.get("to_display"), "pai": v.get("pai"),
+                   "pai_display": v.get("pai_display"),
                    "rtpengine": v.get("rtpengine"), "rule": v.get("rule"),
                    "siprec": v.get("siprec") or None, "session_id": v.get("session_id"),
                    "record_local": v.get("rec_local") == "1"}

@@ -47,7 +47,8 @@ class CallAnswered:
     to_uri: str
     from_display: str | None = None
     to_display: str | None = None
-    pai: str | None = None
+    pai: str | None = None  # the P-Asserted-Identity URI
+    pai_display: str | None = None
     ruri: str | None = None
     trunk: str | None = None
     rtpengine: str | None = None  # the node URL rtpengine_offer used, e.g. udp:127.0.0.1:2223
@@ -257,7 +258,8 @@ def parse_event(doc: Mapping[str, Any]) -> EdgeEvent | None:
             from_tag=f.text("from_tag"), to_tag=f.text("to_tag"),
             from_uri=f.uri("from") or "", to_uri=f.uri("to") or "",
             from_display=f.enc_text("from_display"), to_display=f.enc_text("to_display"),
-            pai=f.uri("pai"), ruri=f.uri("ruri"), trunk=f.opt_text("trunk"),
+            pai=f.uri("pai"), pai_display=f.enc_text("pai_display"), ruri=f.uri("ruri"),
+            trunk=f.opt_text("trunk"),
             rtpengine=f.opt_text("rtpengine"), rule=f.opt_text("rule"),
             record_local=f.boolean("record_local"), siprec=f.opt_text("siprec"),
             session_id=f.enc_text("session_id"), h_entry=f.opt_int("h_entry"),

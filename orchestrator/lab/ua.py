@@ -178,6 +178,7 @@ class LabCall:
     headers: Mapping[str, str] = field(default_factory=dict)
     user: str = "callee"
     timeout: float = 5.0
+    display: str = "Lab Caller"  # the From display name (quoted and escaped as SIP wants)
 
     def __post_init__(self) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -204,7 +205,7 @@ class LabCall:
         me = f"sip:caller@127.0.0.1:{self.port}"
         headers = [("Via", f"SIP/2.0/UDP 127.0.0.1:{self.port};rport;branch={new_branch()}"),
                    ("Max-Forwards", "70"),
-                   ("From", format_name_addr(me, "Lab Caller", (("tag", self.from_tag),))),
+                   ("From", format_name_addr(me, self.display, (("tag", self.from_tag),))),
                    ("To", to), ("Call-ID", self.call_id), ("CSeq", f"{cseq} {method}"),
                    ("Contact", f"<{me}>"), *(("Route", r) for r in routes)]
         if method == "INVITE" and cseq == 1:

@@ -15,12 +15,14 @@ import pytest
 
 from orchestrator.controller.store import SessionStore
 from orchestrator.daemons import free_port, free_ports
+from orchestrator.kamailio.encoding import original_bytes
 from orchestrator.lab import sipp
 from orchestrator.lab.events import EventReader
 from orchestrator.lab.srs import Behaviour, SrsConfig, SrsServer, SrsSession
 from orchestrator.lab.stack import LabStack
 from orchestrator.lab.ua import CalleeServer, LabCall
 from orchestrator.ng import NgClient
+from orchestrator.recordings import decode_metadata, parse_pcap_metafile
 from orchestrator.recordings.pcap import summarize_pcap
 from orchestrator.site.loader import validate_data
 
@@ -245,6 +247,42 @@ def test_hold_and_resume_send_partial_metadata(stack: LabStack) -> None:
     finally:
         call.bye()
         call.close()
+
+
+def test_identity_survives_any_characters(stack: LabStack) -> None:
+    """A display name with quotes, a backslash, non-ASCII and a control character, a PAI
+    with non-ASCII, a metadata header with the metadata separators and a stray %: the SRS's
+    RFC 7865 metadata names the caller (never sip:unknown@invalid) and rtpengine's metadata
+    file keeps every value, recoverable byte for byte."""
+    display = 'Zoë "Z" \\ O\x01K'
+    customer = "a|b:c %41 ü"
+    call = LabCall(stack.sip, stack.callee, display=display,  # type: ignore[attr-defined]
+                   headers={"X-Customer-Id": customer,
+                            "P-Asserted-Identity": '"Zoë PAI" <sip:+4930123@pai.example>'})
+    call.start()
+    try:
+        sess = established(stack, call.call_id)
+        s = wait(lambda: (x := srs_session(stack.srs["ok"], sess["rs_call_id"])) and
+                 x.labels and all(st.participants for st in x.labels.values()) and x, 5,
+                 "the SRS's view of the participants")
+        people = {(p["name"], p["aor"]) for st in s.labels.values() for p in st.participants}
+        assert ("Zoë PAI", "sip:+4930123@pai.example") in people, people  # PAI wins for caller
+        assert not any("unknown@invalid" in (a or "") for _, a in people)
+        assert errors(s.metadata_findings) == []
+        assert sess["call"]["headers"]["X-Customer-Id"] == "a|b:c %2541 ü"  # % itself is %25
+        assert original_bytes(sess["call"]["headers"]["X-Customer-Id"]) == customer.encode()
+        assert original_bytes(sess["call"]["from_display"]) == display.encode()
+    finally:
+        call.bye()
+        call.close()
+    meta_dir = stack.rec_dirs["rtp1"] / "metadata"
+    prefix = urllib.parse.quote(call.call_id, safe="")
+    meta = wait(lambda: next(iter(meta_dir.glob(f"*{prefix}*")), None), 10,
+                "rtpengine's metadata file")
+    values = decode_metadata(parse_pcap_metafile(meta.read_bytes()).metadata)
+    assert original_bytes(values["x-customer-id"]) == customer.encode()
+    assert values["from"].startswith("sip:caller@127.0.0.1")
+    assert original_bytes(values["from-name"]) == display.encode()
 
 
 def test_one_invite_transaction_at_a_time_with_a_slow_srs(stack: LabStack) -> None:

@@ -42,7 +42,7 @@ class Stub:
     def health(self) -> dict[str, Any]:
         return {"edges": {"edge1": True}}
 
-    def session_views(self, *, open_only: bool = False) -> list[Any]:
+    def session_views(self, *, open_only: bool = False, limit: int = 200) -> list[Any]:
         return [{"open_only": open_only}]
 
     def get(self, sid: str) -> None:
@@ -250,7 +250,7 @@ def test_malformed_post_is_refused_and_not_executed(api: tuple[ApiServer, Stub],
 
 
 BAD_GETS = [
-    ("bad-query", "/sessions?open=yes"), ("extra-query", "/sessions?limit=5"),
+    ("bad-query", "/sessions?open=yes"), ("extra-query", "/sessions?page=5"), ("bad-limit", "/sessions?limit=0"),
     ("query-elsewhere", "/health?x=1"), ("two-opens", "/sessions?open=1&open=0"),
 ]
 
