@@ -13,9 +13,12 @@ import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import MetadataError
+
+if TYPE_CHECKING:
+    from ..siprec import Recording
 from ._output import add_json_flag, print_json, print_table
 
 SUFFIXES = (".xml", ".sip", ".msg", ".eml", ".txt")
@@ -158,7 +161,7 @@ def _time(value: Any, where: str) -> datetime:
     return dt
 
 
-def recording_from_description(desc: Any) -> Any:
+def recording_from_description(desc: object) -> Recording:
     """The :class:`~orchestrator.siprec.Recording` a call description asks for."""
     from ..errors import SipError
     from ..siprec import (

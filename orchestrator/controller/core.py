@@ -54,8 +54,8 @@ from .dialog import (
     RsDialog,
     bump_version,
     media_targets,
-    name_addr,
     new_rs_call_id,
+    party,
     set_direction,
     with_origin,
 )
@@ -1094,11 +1094,11 @@ class CallCore:
     # ------------------------------------------------------------------ identities
     def _call_info(self) -> CallInfo:
         c = self.call
-        return CallInfo(from_header=name_addr(c.from_display, c.from_uri),
-                        to_header=name_addr(c.to_display, c.to_uri),
+        return CallInfo(from_header=party(c.from_display, c.from_uri),
+                        to_header=party(c.to_display, c.to_uri),
                         from_tag=c.from_tag, to_tag=c.to_tag,
                         # the PAI's own name, else the From name: one person
-                        p_asserted_identity=name_addr(c.pai_display or c.from_display, c.pai)
+                        p_asserted_identity=party(c.pai_display or c.from_display, c.pai)
                         if c.pai else None,
                         sip_session_id=c.session_id,
                         start_time=datetime.fromtimestamp(self.record.answered_at, UTC))

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from ..errors import SipError
 from ..kamailio.events import RsReply
 from ..sip import (
+    NameAddr,
     build_headers,
     format_name_addr,
     is_loose_router,
@@ -48,15 +49,22 @@ _UNSAFE_URI = re.compile(r'[\x00-\x20\x7f<>"\\]')
 _UNSAFE_TEXT = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
-def name_addr(display: str | None, uri: str | None) -> str:
-    """``"display" <uri>`` (RFC 3261 §20.10, the display name a quoted-string with
-    quoted-pairs, §25.1) for any identity the edge relayed: characters that no name-addr
-    may carry are percent-encoded (recoverable) instead of dropping the identity."""
+def party(display: str | None, uri: str | None) -> NameAddr:
+    """A call party as the edge relayed it (display name and URI apart, nothing to parse):
+    characters no name-addr may carry are percent-encoded (recoverable) instead of dropping
+    the identity; no URI at all is ``sip:unknown@invalid``."""
     uri = _UNSAFE_URI.sub(lambda m: f"%{ord(m.group()):02X}", uri or "") or \
         "sip:unknown@invalid"
     if display:
         display = _UNSAFE_TEXT.sub(lambda m: f"%{ord(m.group()):02X}", display)
-    return format_name_addr(uri, display or None)
+    return NameAddr(display or None, uri)
+
+
+def name_addr(display: str | None, uri: str | None) -> str:
+    """``"display" <uri>`` (RFC 3261 §20.10, the display name a quoted-string with
+    quoted-pairs, §25.1) of :func:`party`."""
+    p = party(display, uri)
+    return format_name_addr(p.uri, p.display)
 
 
 _TRANSPORT = re.compile(r";\s*transport=(\w+)", re.I)

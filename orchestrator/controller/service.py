@@ -50,7 +50,7 @@ from ..kamailio.events import (
 )
 from ..kamailio.rpc import HttpRpcTransport, KamailioClient
 from ..ng.pool import NodePool
-from ..site.model import Site
+from ..site.model import Edge, Site
 from ..site.secrets import edge_secrets
 from .core import CallCore
 from .dialog import options_headers
@@ -184,7 +184,7 @@ class Controller:
                                            for e in site.edges}
 
     # ------------------------------------------------------------------ wiring
-    def _link(self, edge: Any, backoff: tuple[float, float]) -> EdgeLink:
+    def _link(self, edge: Edge, backoff: tuple[float, float]) -> EdgeLink:
         secrets = edge_secrets(self.site, edge.name)  # owner-only files (README "Security")
         rpc = KamailioClient(HttpRpcTransport(
             f"http://{edge.jsonrpc.address}:{edge.jsonrpc.port}/RPC", secret=secrets.jsonrpc))

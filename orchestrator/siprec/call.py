@@ -27,7 +27,7 @@ from .model import (
     Stream,
     new_id,
 )
-from .sip import parse_name_addr
+from .sip import NameAddr, parse_name_addr
 
 __all__ = ["CallInfo", "participant_from_header", "recording_from_call"]
 
@@ -36,21 +36,22 @@ __all__ = ["CallInfo", "participant_from_header", "recording_from_call"]
 class CallInfo:
     """What the SRC knows about the communication session being recorded."""
 
-    from_header: str
-    to_header: str
+    # header values, or already parsed (the controller has display name and URI apart)
+    from_header: str | NameAddr
+    to_header: str | NameAddr
     from_tag: str
     to_tag: str
-    p_asserted_identity: str | None = None
+    p_asserted_identity: str | NameAddr | None = None
     sip_session_id: str | None = None  # RFC 7989 Session-ID header of the call, if any
     start_time: datetime | None = None
     group_id: str | None = None  # keep the group across transfers (AudioCodes, Oracle)
     lang: str | None = None
 
 
-def participant_from_header(value: str, *, lang: str | None = None,
+def participant_from_header(value: str | NameAddr, *, lang: str | None = None,
                             participant_id: str | None = None) -> Participant:
     """A participant from a From/To/P-Asserted-Identity value (display name + URI)."""
-    addr = parse_name_addr(value)
+    addr = value if isinstance(value, NameAddr) else parse_name_addr(value)
     return Participant(participant_id or new_id(),
                        (NameID(addr.uri, addr.display, lang if addr.display is not None else None),))
 
