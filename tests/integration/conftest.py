@@ -13,6 +13,7 @@ import pytest
 
 from orchestrator.daemons import Rtpengine, free_port
 from orchestrator.ng import NgClient
+from tests.conftest import ROOT
 
 LOOPBACK = "127.0.0.1"
 
@@ -63,16 +64,17 @@ class RtpengineUnderTest:
 
 @pytest.fixture(scope="module")
 def rtpengine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RtpengineUnderTest]:
-    """One rtpengine per test module, recording pcaps into its own ``rec`` spool."""
+    """One rtpengine per test module, started from the lab's rendered config as an operator
+    would (delete-delay included); only its addresses, ports and recording spool differ."""
     tmp = tmp_path_factory.mktemp("rtpengine")
     rec = tmp / "rec"
     rec.mkdir()
     udp, tcp, http = free_port(), free_port("tcp"), free_port("tcp")
     pmin, pmax = free_port_range()
-    rtp = Rtpengine(None, tmp, ng=(LOOPBACK, udp), overrides=[
-        f"--interface={LOOPBACK}", f"--listen-tcp-ng={LOOPBACK}:{tcp}",
-        f"--listen-http={LOOPBACK}:{http}", f"--port-min={pmin}", f"--port-max={pmax}",
-        "--delete-delay=0", "--recording-method=pcap", f"--recording-dir={rec}",
-        "--log-level=5"])
+    rtp = Rtpengine(ROOT / "rtpengine/rtp1/rtpengine.conf", tmp, ng=(LOOPBACK, udp),
+                    overrides=[f"--listen-ng={LOOPBACK}:{udp}",
+                               f"--listen-tcp-ng={LOOPBACK}:{tcp}",
+                               f"--listen-http={LOOPBACK}:{http}", f"--port-min={pmin}",
+                               f"--port-max={pmax}", f"--recording-dir={rec}"])
     with rtp.started():
         yield RtpengineUnderTest(rtp, udp, tcp, http, rec, pmin, pmax)

@@ -43,8 +43,12 @@ class Edge:
 def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
     tmp = tmp_path_factory.mktemp("kamailio")
     ng = free_port()
-    rtp = Rtpengine(None, tmp / "rtp", ng=("127.0.0.1", ng), overrides=[
-        "--interface=127.0.0.1", "--port-min=46300", "--port-max=46399", "--delete-delay=0"])
+    rtp = Rtpengine(ROOT / "rtpengine/rtp1/rtpengine.conf", tmp / "rtp", ng=("127.0.0.1", ng),
+                    overrides=[f"--listen-ng=127.0.0.1:{ng}",
+                               f"--listen-tcp-ng=127.0.0.1:{free_port('tcp')}",
+                               f"--listen-http=127.0.0.1:{free_port('tcp')}",
+                               "--port-min=46300", "--port-max=46399",
+                               f"--recording-dir={tmp / 'rec'}"])
     sip, rpc, evapi = free_ports(3)
     cfg = LAB_CFG.read_text()
     subs = {"127.0.0.1:5060": f"127.0.0.1:{sip}", "tcp:127.0.0.1:5071": f"tcp:127.0.0.1:{rpc}",
