@@ -374,15 +374,20 @@ def main() -> int:
         else:
             addr = ("127.0.0.1", free_port())
             lo = 45000
-            rtp = Rtpengine(None, Path(tmp), ng=addr, overrides=[
-                "--interface=127.0.0.1", f"--port-min={lo}", f"--port-max={lo + 99}",
-                "--log-level=4", "--delete-delay=0", "--timeout=86400",
-                "--silent-timeout=86400"])
+            # the lab's rendered config as shipped; only addresses, ports and dirs differ
+            rtp = Rtpengine(ROOT / "rtpengine/rtp1/rtpengine.conf", Path(tmp), ng=addr,
+                            overrides=[f"--listen-ng={addr[0]}:{addr[1]}",
+                                       f"--listen-tcp-ng=127.0.0.1:{free_port('tcp')}",
+                                       f"--listen-http=127.0.0.1:{free_port('tcp')}",
+                                       f"--port-min={lo}", f"--port-max={lo + 99}",
+                                       f"--recording-dir={tmp}"])
             rtp.start()
             rtp.wait_ready()
         try:
-            setup_call(addr)
-            runs = [one_run(addr, args.duration, conc, args.slices) for _ in range(args.runs)]
+            runs = []
+            for _ in range(args.runs):
+                setup_call(addr)  # anew per run: the config's media timeout ends idle calls
+                runs.append(one_run(addr, args.duration, conc, args.slices))
             cold = cold_start(addr, args.cold_runs)
         finally:
             if rtp is not None:
