@@ -557,6 +557,12 @@ class CallCore:
                            f"{r.code} {r.reason}", now)
             self._closed_after_bye(s, f"BYE answered {r.code}", now)
             return
+        if s.state is State.TERMINATING:  # an update answered after the call ended
+            if r.code in (408, 481):
+                self._closed_after_bye(s, f"{tx.method} answered {r.code}: no dialog left", now)
+            else:
+                s.note(f"{tx.purpose} answered {r.code} while closing", now)
+            return  # _settle goes on with the final update and the BYE
         if r.code in (408, 481):  # RFC 3261 §12.2.1.2: the dialog is gone
             self._srs_lost(s, f"{tx.method} answered {r.code} {r.reason}", now,
                            s.last_alive)
@@ -861,6 +867,12 @@ class CallCore:
                 self._loss(s, "bye_failed", 0.0, f"BYE to {s.srs_uri}: no answer in "
                            f"{self.group.timeout:g} s", now)
                 self._closed_after_bye(s, "BYE unanswered", now)
+            elif s.state is State.TERMINATING:
+                if tx.method == "INVITE" and s.dialog is not None:
+                    self._emit(CancelInvite(self.call.edge, s.dialog.call_id, tx.cseq))
+                s.tx = None
+                s.note(f"{tx.purpose} unanswered in {self.group.timeout:g} s while closing",
+                       now)
             else:
                 self._srs_lost(s, f"{tx.method} ({tx.purpose}) unanswered in "
                                f"{self.group.timeout:g} s", now, s.last_alive)

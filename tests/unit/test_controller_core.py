@@ -531,3 +531,20 @@ def test_a_call_that_ended_while_the_controller_was_down_gets_its_final_update_a
     final = h2.last(SendRequest, acts)
     assert final.method == "INVITE" and b"<stop-time>" in final.body
     assert "Unsubscribe" not in kinds(acts)  # the edge deleted the call: never unsubscribe
+
+
+@pytest.mark.parametrize("reply", [200, None])
+def test_call_ending_while_an_update_is_pending_still_closes_in_order(reply: int | None) -> None:
+    h = Harness()
+    h.establish()
+    upd = h.last(SendRequest, h.feed(
+        CallReinvite("edge1", "call-1", T0 + 1, hold=True, by="caller"), 1))
+    acts = h.feed(CallEnded("edge1", "call-1", T0 + 1.2, by="caller"), 0.2)
+    assert not [a for a in acts if isinstance(a, SendRequest)]  # one transaction at a time
+    acts = h.answer(upd, dt=0.1) if reply else h.feed(Tick(), 3.0)
+    final = h.last(SendRequest, acts)
+    assert final.method == "INVITE" and b"<stop-time>" in final.body
+    bye = h.last(SendRequest, h.answer(final))
+    assert bye.method == "BYE"
+    h.answer(bye)
+    assert h.session().state is State.CLOSED and h.core.done
