@@ -214,6 +214,10 @@ class EvapiClient:
         sock.sendall(encode_netstring(json.dumps(
             {"cmd": "auth", "secret": self._secret}, separators=(",", ":")).encode()))
         deadline = time.monotonic() + self._auth_timeout
+        # the edge tags the connection at once but sends its answer from a timer route: on a
+        # busy edge, events for this connection may arrive before it. They are ours: keep
+        # them, in order, for after the answer.
+        early: list[bytes] = []
         while time.monotonic() < deadline and not self._stop.is_set():
             sock.settimeout(max(0.01, min(deadline - time.monotonic(), self._send_timeout)))
             try:
@@ -226,16 +230,18 @@ class EvapiClient:
                 raise KamailioUnreachable("the edge closed the connection during "
                                           "authentication")
             frames = decoder.feed(data)
-            if not frames:
-                continue
-            ev = decode_event(frames[0])
-            if ev.get("event") != "auth":
-                raise EvapiProtocolError(f"evapi: expected the auth answer, got "
-                                         f"{str(ev.get('event'))[:40]!r}")
-            if ev.get("result") == "ok":
-                return frames[1:]
-            raise EvapiRefused(f"edge {ev.get('edge', self.name)} refused this controller: "
-                               f"{str(ev.get('reason', ev.get('result')))[:300]}")
+            for i, frame in enumerate(frames):
+                ev = decode_event(frame)
+                if ev.get("event") != "auth":
+                    if len(early) >= 10_000:
+                        raise EvapiProtocolError("evapi: no auth answer among 10,000 events")
+                    early.append(frame)
+                    continue
+                if ev.get("result") == "ok":
+                    return early + frames[i + 1:]
+                raise EvapiRefused(f"edge {ev.get('edge', self.name)} refused this "
+                                   f"controller: "
+                                   f"{str(ev.get('reason', ev.get('result')))[:300]}")
         raise KamailioUnreachable(f"no answer to the evapi authentication in "
                                   f"{self._auth_timeout:g} s (wrong secret, or a kamailio.cfg "
                                   f"rendered before evapi authentication?)")

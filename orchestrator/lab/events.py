@@ -27,9 +27,11 @@ class EventReader(threading.Thread):
         self.sock.sendall(encode_netstring(json.dumps(
             {"cmd": "auth", "secret": secret, "role": "observer"}).encode()))
         self._decoder = NetstringDecoder()
-        frames: list[bytes] = []
+        # events may come before the edge's answer (it answers from a timer route): keep them
+        early: list[Event] = []
+        answer: Event | None = None
         deadline = time.monotonic() + timeout
-        while not frames:
+        while answer is None:
             self.sock.settimeout(max(0.01, deadline - time.monotonic()))
             try:
                 data = self.sock.recv(65536)
@@ -38,13 +40,18 @@ class EventReader(threading.Thread):
             if not data:
                 self.sock.close()
                 raise LabError(f"evapi {addr[0]}:{addr[1]}: no auth answer (wrong secret?)")
-            frames = self._decoder.feed(data)
-        first = decode_event(frames[0])
-        if first.get("event") != "auth" or first.get("result") != "ok":
+            for ev in (decode_event(f) for f in self._decoder.feed(data)):
+                if answer is not None:
+                    early.append(ev)
+                elif ev.get("event") == "auth":
+                    answer = ev
+                else:
+                    early.append(ev)
+        if answer.get("result") != "ok":
             self.sock.close()
-            raise LabError(f"evapi {addr[0]}:{addr[1]}: observer refused: {first}")
+            raise LabError(f"evapi {addr[0]}:{addr[1]}: observer refused: {answer}")
         self.sock.settimeout(None)
-        self.events: list[Event] = [decode_event(f) for f in frames[1:]]
+        self.events: list[Event] = early
         self.cond = threading.Condition()
 
     @classmethod

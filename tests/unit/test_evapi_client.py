@@ -99,6 +99,31 @@ def test_authenticates_first_then_receives_events(peers: list[Peer]) -> None:
         c.close()
 
 
+def test_events_before_the_auth_answer_are_kept_in_order(peers: list[Peer]) -> None:
+    """A busy edge tags the connection at once but answers from a timer route: events for
+    it may come first. They are this connection's, delivered in order after the answer."""
+    def busy(conn: socket.socket, first: dict) -> None:
+        send_event(conn, {"event": "answered", "call_id": "c1"})
+        send_event(conn, {"event": "ended", "call_id": "c1"})
+        send_event(conn, {"event": "auth", "result": "ok"})
+        send_event(conn, {"event": "answered", "call_id": "c2"})
+        time.sleep(5)
+
+    peers.append(p := Peer(busy))
+    events: list[dict] = []
+    c = client(p, events)
+    try:
+        assert c.wait_connected(3)
+        deadline = time.monotonic() + 3
+        while len(events) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert [(e["event"], e["call_id"]) for e in events] == [
+            ("answered", "c1"), ("ended", "c1"), ("answered", "c2")]
+        assert p.accepted == 1  # no reconnection
+    finally:
+        c.close()
+
+
 def test_refused_stops_for_good(peers: list[Peer]) -> None:
     def refuse(conn: socket.socket, first: dict) -> None:
         send_event(conn, {"event": "auth", "result": "refused", "edge": "edge1",
