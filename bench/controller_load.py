@@ -112,6 +112,7 @@ def one_run(stack: LabStack, events: EventReader, cwd: Path, *, record: bool, ca
 
     return {"kind": "recorded" if record else "baseline", "sipp_exit": p.returncode,
             "calls_answered": len(answered), "sessions_established": len(lat),
+            "losses": stack.api("GET", "/health").get("losses"),
             "wall_s": round(wall, 1),
             "setup_ms_p50": pct(0.5), "setup_ms_p95": pct(0.95), "setup_ms_max": pct(1.0),
             "cpu_ms_per_call": {k: round(v * 1000 / max(1, len(answered)), 2)
@@ -125,7 +126,12 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=10.0)
     ap.add_argument("--duration", type=float, default=2.0)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--profile", metavar="FILE", help="CPU profile of the controller (every "
+                    "thread; needs yappi: pip install yappi) written to FILE, top functions "
+                    "printed")
     args = ap.parse_args()
+    if args.profile:
+        os.environ["SIPRECCTL_PROFILE"] = str(Path(args.profile).resolve())
     site = load(None)
     work = Path(tempfile.mkdtemp(prefix="siprecctl-bench-"))
     results: list[dict[str, Any]] = []
@@ -146,6 +152,10 @@ def main() -> int:
         finally:
             events.close()
             sipp.stop(uas)
+    if args.profile:  # the controller wrote it when the stack stopped it
+        import pstats
+
+        pstats.Stats(args.profile).sort_stats("tottime").print_stats(40)
 
     def med(kind: str, key: str, sub: str | None = None) -> float | None:
         vals = [(r[key][sub] if sub else r[key]) for r in results if r["kind"] == kind]

@@ -92,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         raise ControllerError(f"cannot listen on {address}:{port} for the API: "
                               f"{exc.strerror} (is another siprecctl serve running?)") from None
     api.start()
+    profile = _profiler()
     try:
         # refused by an edge (another controller of the site)? then exit before touching
         # anything: reconciliation would act on that controller's sessions
@@ -106,13 +107,37 @@ def run(args: argparse.Namespace) -> int:
     finally:
         api.close()
         controller.close()
+        if profile is not None:
+            profile()
     return 0
+
+
+def _profiler() -> Any:
+    """``SIPRECCTL_PROFILE=FILE``: CPU profile of every thread (yappi, a development tool
+    not installed by default) written to FILE (pstats format) when serve stops; returns
+    the function that writes it."""
+    import os
+
+    path = os.environ.get("SIPRECCTL_PROFILE")
+    if not path:
+        return None
+    import yappi  # type: ignore[import-not-found]
+
+    yappi.set_clock_type("cpu")
+    yappi.start(builtins=True)
+
+    def dump() -> None:
+        yappi.stop()
+        yappi.get_func_stats().save(path, type="pstat")
+        with open(path + ".threads", "w") as out:
+            yappi.get_thread_stats().print_all(out=out)
+    return dump
 
 
 def _outside_recordings(site: Any, store: str) -> None:
     from pathlib import Path
 
-    from .ng import UsageError
+    from ..errors import UsageError
 
     rec = Path(site.media.recording.dir).resolve()
     if rec == Path(store).resolve() or rec in Path(store).resolve().parents:

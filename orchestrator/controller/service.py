@@ -165,8 +165,12 @@ class Controller:
         self._node_by_url = {f"udp:{n.ng.address}:{n.ng.port}": n.name for n in site.media.nodes}
         self.cores: dict[str, CallCore] = {}
         self._rs_index: dict[str, str] = {}  # RS Call-ID -> call-id
-        self._retired: dict[str, float] = {}  # call-id -> when its finished core goes
-        self._ended_seen: dict[str, float] = {}  # call-id -> edge's end time (reader side)
+        self._retired: set[str] = set()  # finished cores waiting to go ...
+        self._retire_at: list[tuple[float, str]] = []  # ... at these times (a heap)
+        # call-id -> (arrival, the edge's end time), in arrival order (readers add, the loop
+        # prunes from the oldest)
+        self._ended_seen: dict[str, tuple[float, float]] = {}
+        self._ended_lock = threading.Lock()
         self._pending_answered = 0
         self._pending_lock = threading.Lock()
         self._inputs: deque[tuple[Any, ...]] = deque()
@@ -264,7 +268,9 @@ class Controller:
         if ev is None:
             return
         if isinstance(ev, CallEnded):
-            self._ended_seen[ev.call_id] = ev.ts or time.time()
+            now = time.time()
+            with self._ended_lock:
+                self._ended_seen[ev.call_id] = (now, ev.ts or now)
         shed = False
         if isinstance(ev, CallAnswered):
             with self._pending_lock:  # one reader thread per edge
@@ -336,8 +342,9 @@ class Controller:
         d = core.next_deadline()
         if d is not None:
             heapq.heappush(self._deadlines, (d, core.call_id))
-        if core.done and core.call_id not in self._retired:
-            self._retired[core.call_id] = now + RETIRE_AFTER
+        if core.call_id not in self._retired and core.done:
+            self._retired.add(core.call_id)
+            heapq.heappush(self._retire_at, (now + RETIRE_AFTER, core.call_id))
         return [(core.call_id, a) for a in acts]
 
     def _on_edge_event(self, ev: EdgeEvent, now: float, lag: float,
@@ -384,7 +391,9 @@ class Controller:
                         next(iter(self.edges.values())).sip, now=now,
                         op_timeout=self.op_timeout)
         self.cores[ev.call_id] = core
-        ended = self._ended_seen.get(ev.call_id)
+        with self._ended_lock:
+            seen = self._ended_seen.get(ev.call_id)
+        ended = None if seen is None else seen[1]
         return self._run_core(core, Tick(), now, start=lambda: core.start(
             now, lag=lag, max_lag=self.site.controller.max_setup_lag, ended_at=ended,
             down_since=down_since, shed=shed))
@@ -413,21 +422,23 @@ class Controller:
         return out
 
     def _sweep(self, now: float) -> None:
-        for call_id, at in list(self._retired.items()):
+        """Drop the cores that finished long enough ago (only those due: O(due))."""
+        while self._retire_at and self._retire_at[0][0] <= now:
+            _, call_id = heapq.heappop(self._retire_at)
+            self._retired.discard(call_id)
             core = self.cores.get(call_id)
-            if core is not None and not core.done:
-                del self._retired[call_id]  # e.g. an operator restarted it
-            elif now >= at:
-                del self._retired[call_id]
-                if core is not None:
-                    del self.cores[call_id]
-                    for rs in core.rs_call_ids():
-                        self._rs_index.pop(rs, None)
-        if len(self._ended_seen) > 1000:
-            horizon = now - ENDED_MEMORY
-            for call_id, ts in list(self._ended_seen.items()):
-                if ts < horizon:
-                    self._ended_seen.pop(call_id, None)
+            if core is None or not core.done:
+                continue  # e.g. an operator started recording it again: _run_core re-arms
+            del self.cores[call_id]
+            for rs in core.rs_call_ids():
+                self._rs_index.pop(rs, None)
+        horizon = now - ENDED_MEMORY
+        with self._ended_lock:  # oldest first: stop at the first one to keep
+            while self._ended_seen:
+                call_id = next(iter(self._ended_seen))
+                if self._ended_seen[call_id][0] >= horizon:
+                    break
+                del self._ended_seen[call_id]
 
     # ------------------------------------------------------------------ SRS probes
     def _probe(self, now: float) -> list[tuple[str, Action]]:
@@ -438,13 +449,14 @@ class Controller:
                         next(iter(self.edges.values())))
             hdrs = options_headers(call_id, link.sip.src_uri, uri, link.sip.contact(transport))
             ruri = uri if transport == "udp" else f"{uri};transport={transport}"
-            self._io.submit("probe", partial(self._send_probe, link, ruri, hdrs))
+            self._io.submit("probe", partial(self._send_probe, link, ruri, hdrs, call_id))
         out += self._srs_health(changes, now)
         return out
 
-    def _send_probe(self, link: EdgeLink, ruri: str, headers: str) -> None:
+    def _send_probe(self, link: EdgeLink, ruri: str, headers: str, call_id: str) -> None:
         try:
-            link.rpc.call("tm.t_uac_start", "OPTIONS", ruri, ".", ".", headers, timeout=2.0)
+            link.evapi.send({"cmd": "uac", "call_id": call_id, "method": "OPTIONS",
+                             "ruri": ruri, "nexthop": "", "headers": headers, "body": ""})
         except KamailioError as exc:
             log.debug("probe %s: %s", ruri, exc)
 
@@ -555,10 +567,11 @@ class Controller:
                 self._ng_quiet(a.node, "stop recording", a.call_id,
                                lambda ng: ng.stop_recording(a.call_id))
             elif isinstance(a, SendInvite):
-                link = self.edges[a.edge]
-                try:
-                    link.rpc.call("tm.t_uac_start", "INVITE", a.ruri, ".", ".", a.headers,
-                                  a.body.decode("utf-8"), timeout=5.0)
+                try:  # the edge's t_uac_send (an evapi command); replies come as rs_reply
+                    self.edges[a.edge].evapi.send({
+                        "cmd": "uac", "call_id": a.rs_call_id, "method": "INVITE",
+                        "ruri": a.ruri, "nexthop": "", "headers": a.headers,
+                        "body": a.body.decode("utf-8")})
                 except KamailioError as exc:
                     self._feed(call_id, SendFailed(a.rs_call_id, a.cseq, "INVITE", str(exc)))
             elif isinstance(a, SendRequest):

@@ -64,8 +64,14 @@ def _keep(ch: str) -> bool:
     return not (cp < 0x20 or 0x7F <= cp <= 0x9F or cp in (0xFFFE, 0xFFFF) or ch == "%")
 
 
+_PLAIN_TEXT = re.compile(rb"[ -$&-~]*")  # printable ASCII but '%': readable as it is
+_PLAIN_URI = re.compile(rb"[!-~]*")  # printable ASCII, no space: a URI as it is
+
+
 def readable(data: bytes) -> str:
     """``data`` as text: printable UTF-8 as is; invalid bytes, controls and ``%`` as ``%xx``."""
+    if _PLAIN_TEXT.fullmatch(data):  # the common case, without a loop in Python
+        return data.decode("ascii")
     out = []
     for ch in data.decode("utf-8", errors="surrogateescape"):
         cp = ord(ch)
@@ -93,5 +99,7 @@ def decode_uri(value: str, *, what: str = "value",
                error: type[SiprecctlError] = RecordingError) -> str:
     """An edge-encoded URI as a URI: bytes outside printable ASCII percent-encoded, the rest
     (``%`` included: the URI's own escapes) as is."""
-    return "".join(chr(b) if 0x21 <= b <= 0x7E else f"%{b:02x}"
-                   for b in decode_value(value, what=what, error=error))
+    data = decode_value(value, what=what, error=error)
+    if _PLAIN_URI.fullmatch(data):
+        return data.decode("ascii")
+    return "".join(chr(b) if 0x21 <= b <= 0x7E else f"%{b:02x}" for b in data)

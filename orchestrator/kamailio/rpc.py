@@ -67,14 +67,22 @@ class HttpRpcTransport(RpcTransport):
     """
 
     def __init__(self, url: str, *, secret: str | None = None,
-                 connect_timeout: float = 2.0) -> None:
+                 connect_timeout: float = 2.0, pool_size: int = 16) -> None:
         import requests
+        import requests.adapters
 
         self.url = url
         self.label = url
         self.connect_timeout = connect_timeout
         self._requests = requests
         self._session = requests.Session()
+        # no proxy/netrc lookups in the environment on every call (they cost more than the
+        # call on loopback), and a connection per worker thread: urllib3 keeps 10 by default
+        # and logs "Connection pool is full" beyond that
+        self._session.trust_env = False
+        adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=pool_size)
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
         self._session.headers["Content-Type"] = "application/json"
         if secret is not None:
             self._session.headers["Authorization"] = f"Bearer {secret}"

@@ -548,6 +548,7 @@ class HttpTransport(Transport):
         self.connect_timeout = connect_timeout
         self._requests = requests
         self._session: requests.Session = requests.Session()
+        self._session.trust_env = False  # no proxy/netrc lookups in the environment per call
         self._session.verify = verify
         self._lock = threading.Lock()
 
