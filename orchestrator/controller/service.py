@@ -551,9 +551,9 @@ class Controller:
                     log.debug("call %s: query for evidence: %s", a.call_id, exc)
                     return
                 now = time.time()
-                rows = [(a.call_id, a.session_id, now, a.why, role, tag, t.packets, t.octets)
-                        for tag, role in a.roles.items()
-                        if (t := info.tags.get(tag)) is not None]
+                counters = info.counters()
+                rows = [(a.call_id, a.session_id, now, a.why, role, tag, *counters[tag])
+                        for tag, role in a.roles.items() if tag in counters]
                 try:
                     self.store.write(media=rows)
                 except SiprecctlError as exc:

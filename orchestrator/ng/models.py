@@ -187,6 +187,33 @@ class CallInfo:
             out[text(k)] = TagInfo.from_raw(v, tat.key(k))
         return out
 
+    def counters(self) -> dict[str, tuple[int, int]]:
+        """``{tag: (packets, bytes)}`` rtpengine received per call tag, summed over its
+        streams — what :attr:`tags` gives, without building a :class:`TagInfo` per tag (the
+        controller reads it for every recorded call)."""
+        at = self._at.key("tags")
+        tags = self.reply.plain().get("tags") or {}
+        if not isinstance(tags, dict):
+            raise at.fail(tags, "a dictionary")
+        out: dict[str, tuple[int, int]] = {}
+        for tag, t in tags.items():
+            packets = octets = 0
+            medias = t.get("medias") if isinstance(t, dict) else None
+            if not isinstance(medias, list):
+                raise at.key(tag).key("medias").fail(medias, "a list")
+            for m in medias:
+                for st in (m.get("streams") or []) if isinstance(m, dict) else ():
+                    stats = st.get("stats") if isinstance(st, dict) else None
+                    if not isinstance(stats, dict):
+                        continue
+                    p, b = stats.get("packets", 0), stats.get("bytes", 0)
+                    if isinstance(p, bool) or not isinstance(p, int) or \
+                            isinstance(b, bool) or not isinstance(b, int):
+                        raise at.key(tag).key("medias").fail(stats, "integer counters")
+                    packets, octets = packets + p, octets + b
+            out[str(tag)] = (packets, octets)
+        return out
+
     @cached_property
     def totals(self) -> dict[str, Any]:
         t = to_text(_get(self.reply, "totals", self._at, dict, {}))

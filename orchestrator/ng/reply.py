@@ -51,6 +51,16 @@ class Reply(Mapping[str, Any]):
         r.command = command
         return r
 
+    def plain(self) -> dict[str, Any]:
+        """The reply with ``str`` strings, as cheaply as it can be had: the parsed JSON
+        document itself (no conversion) for a JSON reply, a converted copy otherwise. Do not
+        modify it."""
+        if self._data is None:
+            return self._document()
+        out = to_text(self._data)
+        assert isinstance(out, dict)
+        return out
+
     def _document(self) -> dict[str, Any]:
         doc = self._doc
         if doc is None:

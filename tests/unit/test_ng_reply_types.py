@@ -124,3 +124,16 @@ def test_cli_exit_1_for_a_wrong_type(capsys: pytest.CaptureFixture[str],
     err = capsys.readouterr().err
     assert "query reply: 'tags' is a list, expected a dictionary" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("encoding", ["json", "bencode"])
+def test_counters_equal_the_tags_packets_and_octets(encoding: str) -> None:
+    reply = {"tags": {"ft": GOOD_TAG, "tt": GOOD_TAG}}
+    client = NgClient(transport=MockTransport(lambda r: {"result": "ok", **reply}),
+                      encoding=encoding)
+    info = client.query("c1")
+    assert info.counters() == {t: (i.packets, i.octets) for t, i in info.tags.items()}
+    bad = NgClient(transport=MockTransport(lambda r: {"result": "ok", "tags": {"ft": {
+        "medias": [{"streams": [{"stats": {"packets": "x", "bytes": 1}}]}]}}}))
+    with pytest.raises(NgProtocolError, match="tags.ft.medias"):
+        bad.query("c1").counters()
