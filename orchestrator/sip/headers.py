@@ -45,7 +45,7 @@ def new_branch() -> str:
 def sip_safe(value: str, what: str) -> str:
     """``value`` unchanged, or :class:`SipError` if it could break a SIP message (CR, LF or
     NUL: a header injection or a truncated C string in the proxy)."""
-    if any(c in value for c in "\r\n\0"):
+    if "\r" in value or "\n" in value or "\0" in value:  # on every header of every message
         raise SipError(f"{what} contains CR, LF or NUL: {value[:80]!r}")
     return value
 
