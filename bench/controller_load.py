@@ -139,10 +139,11 @@ def main() -> int:
         cwd = sipp.workdir(work / "sipp")
         edge = site.edges[0]
         uas = sipp.uas(cwd, *trunk_addr(edge.trunk_default.uri))
-        events = EventReader.for_edge(stack.site, edge)
-        events.start()
-        time.sleep(0.3)
+        events = None
         try:
+            events = EventReader.for_edge(stack.site, edge)
+            events.start()
+            time.sleep(0.3)
             for i in range(args.runs):
                 for record in (True, False):
                     results.append(one_run(stack, events, cwd, record=record, calls=args.calls,
@@ -150,7 +151,8 @@ def main() -> int:
                                            tag=f"BENCH-{i}-{int(record)}"))
                     print(json.dumps(results[-1]), file=sys.stderr)
         finally:
-            events.close()
+            if events is not None:
+                events.close()
             sipp.stop(uas)
     if args.profile:  # the controller wrote it when the stack stopped it
         import pstats
