@@ -7,6 +7,7 @@ output directory::
     kamailio/<edge>/kamailio.cfg
     kamailio/<edge>/kamcli.ini
     rtpengine/<node>/rtpengine.conf
+    systemd/siprecctl-{kamailio-<edge>,rtpengine-<node>,controller}.service  (:mod:`.systemd`)
     render-manifest.json
 
 Secrets are not rendered output: each kamailio.cfg includes
@@ -26,6 +27,7 @@ from pathlib import Path
 from ..errors import RenderError
 from ..site import secrets as site_secrets
 from ..site.model import Rule, Site
+from .systemd import render_units
 
 MANIFEST = "render-manifest.json"
 _HOSTPORT_RE = re.compile(r"^sips?:(?:[^@]*@)?(?P<host>\[[^\]]+\]|[^:;?]+)(?::(?P<port>[0-9]+))?")
@@ -40,8 +42,8 @@ class Rendered:
 
     path: str
     content: str
-    kind: str  # kamailio | kamcli | rtpengine | manifest
-    owner: str  # edge or node name ("" for the manifest)
+    kind: str  # kamailio | kamcli | rtpengine | systemd | manifest
+    owner: str  # edge or node name, "controller" ("" for the manifest)
 
     @property
     def sha256(self) -> str:
@@ -145,6 +147,10 @@ def render_site(site: Site) -> list[Rendered]:
             out.append(Rendered(f"rtpengine/{node.name}/rtpengine.conf",
                                 rtp.render(site=site, node=node, source_digest=digest),
                                 "rtpengine", node.name))
+        for unit in render_units(site, digest):
+            out.append(Rendered(f"systemd/{unit.name}",
+                                env.get_template(unit.template).render(unit.context),
+                                "systemd", unit.owner))
     except jinja2.TemplateError as exc:
         raise RenderError(f"template error: {exc}") from exc
     manifest = {
