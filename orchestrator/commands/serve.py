@@ -29,7 +29,51 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="skip reconciliation with the daemons at start")
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    pair = parser.add_argument_group("active/standby pair (state in Redis, README "
+                                     "\"Scaling out\")")
+    pair.add_argument("--redis", metavar="ADDR:PORT", help="keep the state in this Redis and "
+                      "act only while holding the site's lease")
+    pair.add_argument("--redis-password-file", metavar="PATH",
+                      help="owner-only file with the Redis password")
+    pair.add_argument("--redis-db", type=int, default=0, metavar="N")
+    pair.add_argument("--instance", metavar="NAME", help="this controller's name in the pair "
+                      "(default: the host name)")
+    pair.add_argument("--lease-ttl", type=float, default=2.0, metavar="S",
+                      help="lease time-to-live: the standby takes over within about this "
+                      "long after the leader stops renewing (default 2)")
     parser.set_defaults(func=run)
+
+
+def _pair(args: argparse.Namespace, site: Any) -> tuple[Any, Any, Any]:
+    """(store, leadership, fence) for ``--redis``; the SQLite store and no lease otherwise."""
+    import socket
+
+    from ..controller import SessionStore
+    from ..errors import UsageError
+    from .ng import parse_hostport
+
+    if not args.redis:
+        if args.instance:
+            raise UsageError("--instance goes with --redis (a pair shares its state in Redis)")
+        return SessionStore(args.store or site.controller.store), None, None
+    if args.store:
+        raise UsageError("--store and --redis are alternatives")
+    if not 0.5 <= args.lease_ttl <= 60:
+        raise UsageError("--lease-ttl: between 0.5 and 60 seconds")
+    import redis
+
+    from ..controller.leader import Leadership
+    from ..controller.redis_store import Fence, RedisStore
+    from ..site.secrets import load_secret
+
+    host, port = parse_hostport(args.redis, "--redis")
+    password = load_secret(args.redis_password_file) if args.redis_password_file else None
+    client = redis.Redis(host=host, port=port, db=args.redis_db, password=password,
+                         socket_timeout=1.0, socket_connect_timeout=1.0)
+    instance = args.instance or socket.gethostname()
+    fence = Fence(instance)
+    lead = Leadership(client, f"siprecctl:{site.name}:", instance, ttl=args.lease_ttl)
+    return RedisStore(client, site.name, fence), lead, fence
 
 
 def _addr(value: str) -> tuple[str, int]:
@@ -57,7 +101,7 @@ def _refused(controller: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..controller import ApiServer, Controller, SessionStore
+    from ..controller import ApiServer, Controller
     from ..controller.api import tls_context
     from ..controller.auth import TokenAuth
     from ..errors import ControllerError
@@ -83,8 +127,8 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    store = SessionStore(args.store or site.controller.store)
-    controller = Controller(site, store=store)
+    store, leadership, fence = _pair(args, site)
+    controller = Controller(site, store=store, leadership=leadership, fence=fence)
     try:
         api = ApiServer(controller, address, port, auth=auth, tls=tls_ctx)
     except OSError as exc:

@@ -63,6 +63,10 @@ class Metrics:
             registry=r)
         self.events_total = Counter("siprecctl_misc_total", "Other controller events",
                                     ["kind"], registry=r)
+        self.leader = Gauge("siprecctl_leader", "1 while this controller holds the pair's "
+                            "lease (a single controller always acts)", registry=r)
+        self.takeovers = Counter("siprecctl_takeovers_total",
+                                 "Times this controller won the lease", registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

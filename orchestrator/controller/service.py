@@ -33,6 +33,7 @@ from ..errors import (
     EvapiProtocolError,
     IllegalTransition,
     KamailioError,
+    KamailioUnreachable,
     NgError,
     NgTransportError,
     SiprecctlError,
@@ -54,6 +55,7 @@ from ..site.model import Edge, Site
 from ..site.secrets import edge_secrets
 from .core import CallCore
 from .dialog import options_headers
+from .leader import Leadership
 from .messages import (
     Action,
     CallRecord,
@@ -85,9 +87,10 @@ from .messages import (
     Unsubscribe,
 )
 from .metrics import Metrics
+from .redis_store import Fence
 from .selection import SrsProber, SrsSelector
 from .session import RecordingSession
-from .store import SessionStore
+from .store import SessionStore, Store
 
 __all__ = ["Controller", "KeyedExecutor"]
 
@@ -150,12 +153,17 @@ class EdgeLink:
 class Controller:
     """The recording controller of one site. ``start()`` connects, reconciles, serves."""
 
-    def __init__(self, site: Site, *, store: SessionStore | None = None, workers: int = 16,
+    def __init__(self, site: Site, *, store: Store | None = None, workers: int = 16,
                  evapi_backoff: tuple[float, float] = (0.1, 5.0),
-                 op_timeout: float = 30.0) -> None:
+                 op_timeout: float = 30.0, leadership: Leadership | None = None,
+                 fence: Fence | None = None) -> None:
         self.site = site
         self.metrics = Metrics()
-        self.store = store if store is not None else SessionStore(site.controller.store)
+        self.store: Store = store if store is not None else SessionStore(site.controller.store)
+        # an active/standby pair: only the lease holder acts (README "Scaling out")
+        self.leadership = leadership
+        self.fence = fence
+        self._lead_thread: threading.Thread | None = None
         self.pool = NodePool.from_site(site)
         self.groups = {g.name: g for g in site.recording.srs_groups}
         self.selector = SrsSelector(self.groups)
@@ -214,7 +222,8 @@ class Controller:
         return EdgeLink(name, rpc, evapi, EdgeSip(name, str(host).split(":")[0], ports))
 
     def start(self, *, connect_timeout: float = 5.0, reconcile: bool = True) -> None:
-        """Connect to every edge, reconcile the store with the daemons, then follow events."""
+        """Connect to every edge, reconcile the store with the daemons, then follow events.
+        In a pair, a standby only connects; it reconciles and acts once it holds the lease."""
         self._loop_thread = threading.Thread(target=self._loop, name="core", daemon=True)
         self._loop_thread.start()
         for link in self.edges.values():
@@ -224,12 +233,59 @@ class Controller:
             if not link.evapi.wait_connected(connect_timeout):
                 log.warning("edge %s: evapi not connected yet; retrying in the background",
                             link.name)
-        if reconcile:
+        if self.leadership is not None:
+            self.metrics.leader.set(0)
+            self._lead_thread = threading.Thread(target=self._lead, name="lease", daemon=True)
+            self._lead_thread.start()
+        elif reconcile:
             self.reconcile()
         self._started = True
 
+    @property
+    def acting(self) -> bool:
+        """May this controller act (alone, or the leader of a pair with a valid lease)?"""
+        return self.leadership is None or self.leadership.valid()
+
+    def _lead(self) -> None:
+        """The lease thread: acquire/renew; on winning, reconcile then act; on losing, stop
+        acting at once (whatever is still in flight is fenced by the epoch)."""
+        lead = self.leadership
+        assert lead is not None and self.fence is not None
+        while not self._stop.is_set():
+            leader, changed = lead.tick()
+            if changed and leader:
+                self.fence.epoch = lead.epoch
+                self.metrics.leader.set(1)
+                self.metrics.takeovers.inc()
+                log.warning("controller %s leads (epoch %s): reconciling, then acting",
+                            lead.instance, lead.epoch)
+                self.reconcile()
+            elif changed:
+                self.fence.epoch = None
+                self.metrics.leader.set(0)
+                log.error("controller %s lost the lease: it stops acting", lead.instance)
+                self._put(("fn", self._forget_all))
+            self._stop.wait(lead.interval)
+
+    def _forget_all(self, now: float) -> list[tuple[str, Action]]:
+        """After losing the lease: drop every core (the new leader owns the calls now)."""
+        self.cores.clear()
+        self._rs_index.clear()
+        self._deadlines.clear()
+        self._retired.clear()
+        self._retire_at.clear()
+        return []
+
     def close(self) -> None:
         self._started = False
+        if self.leadership is not None:
+            self._stop.set()
+            if self._lead_thread is not None:
+                self._lead_thread.join(5.0)
+            try:
+                self.leadership.release()  # a clean stop hands over at once
+            except Exception as exc:  # redis gone: the lease expires by itself
+                log.warning("lease release: %s", exc)
         for link in self.edges.values():
             link.evapi.close()
         self._stop.set()
@@ -259,6 +315,8 @@ class Controller:
         """evapi reader thread: type the event, note ends, queue it. Never blocks."""
         kind = str(doc.get("event", "?"))
         self.metrics.events.labels(edge, kind).inc()
+        if not self.acting:
+            return  # a standby: the leader acts; a takeover starts from a reconcile
         try:
             ev = parse_event(doc)
         except EvapiProtocolError as exc:
@@ -300,8 +358,9 @@ class Controller:
                     actions += self._dispatch(item, now)
                 except Exception:  # one bad input must not stop recording of every call
                     log.exception("controller: handling %s failed", type(item[1]).__name__)
-            actions += self._due(now)
-            actions += self._probe(now)
+            if self.acting:
+                actions += self._due(now)
+                actions += self._probe(now)
             self._sweep(now)
             if actions:
                 self._carry_out(actions)
@@ -455,7 +514,7 @@ class Controller:
 
     def _send_probe(self, link: EdgeLink, ruri: str, headers: str, call_id: str) -> None:
         try:
-            link.evapi.send({"cmd": "uac", "call_id": call_id, "method": "OPTIONS",
+            self._edge_send(link, {"cmd": "uac", "call_id": call_id, "method": "OPTIONS",
                              "ruri": ruri, "nexthop": "", "headers": headers, "body": ""})
         except KamailioError as exc:
             log.debug("probe %s: %s", ruri, exc)
@@ -524,6 +583,10 @@ class Controller:
 
     def _do(self, call_id: str, a: Action) -> None:
         """One action's I/O, on an I/O worker (in order per call); results are fed back."""
+        if not self.acting:
+            log.warning("call %s: %s dropped: this controller does not hold the lease",
+                        call_id, type(a).__name__)
+            return
         try:
             if isinstance(a, Subscribe):
                 try:
@@ -568,7 +631,7 @@ class Controller:
                                lambda ng: ng.stop_recording(a.call_id))
             elif isinstance(a, SendInvite):
                 try:  # the edge's t_uac_send (an evapi command); replies come as rs_reply
-                    self.edges[a.edge].evapi.send({
+                    self._edge_send(self.edges[a.edge], {
                         "cmd": "uac", "call_id": a.rs_call_id, "method": "INVITE",
                         "ruri": a.ruri, "nexthop": "", "headers": a.headers,
                         "body": a.body.decode("utf-8")})
@@ -582,7 +645,7 @@ class Controller:
                 if a.sdp is not None:
                     cmd["sdp"] = a.sdp.decode("utf-8", "replace")
                 try:
-                    self.edges[a.edge].evapi.send(cmd)
+                    self._edge_send(self.edges[a.edge], cmd)
                 except KamailioError as exc:
                     self._feed(call_id, SendFailed(a.rs_call_id, a.cseq, a.method, str(exc)))
             elif isinstance(a, CancelInvite):
@@ -596,7 +659,7 @@ class Controller:
                        "sdp": a.sdp.decode("utf-8", "replace")} if isinstance(a, EdgeSdp) \
                     else {"cmd": "forget", "call_id": a.rs_call_id}
                 try:
-                    self.edges[a.edge].evapi.send(cmd)
+                    self._edge_send(self.edges[a.edge], cmd)
                 except KamailioError as exc:
                     log.warning("edge %s: %s", a.edge, exc)
             elif isinstance(a, EndCall):
@@ -610,6 +673,15 @@ class Controller:
                     log.error("call %s: could not end the call: %s", a.call_id, exc)
         except Exception:
             log.exception("call %s: %s failed", call_id, type(a).__name__)
+
+    def _edge_send(self, link: EdgeLink, cmd: dict[str, Any]) -> None:
+        """An evapi command; in a pair it carries the lease epoch, and the edge drops one
+        older than an epoch it has seen (a controller that lost its lease)."""
+        if self.fence is not None:
+            if self.fence.epoch is None:
+                raise KamailioUnreachable("not the leader: no command sent")
+            cmd["epoch"] = self.fence.epoch
+        link.evapi.send(cmd)
 
     def _ng_quiet(self, node: str, what: str, call_id: str, fn: Callable[[Any], Any]) -> None:
         try:
@@ -814,4 +886,7 @@ class Controller:
                 "live_calls": sum(1 for c in list(self.cores.values()) if c.live),
                 "queue": len(self._inputs),
                 "srs": {u: h.up for u, h in self.selector.health.items()},
+                "leader": None if self.leadership is None else {
+                    "instance": self.leadership.instance, "acting": self.acting,
+                    "epoch": self.leadership.epoch},
                 "losses": self.store.loss_counts()}

@@ -24,14 +24,14 @@ import sqlite3
 import threading
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ..errors import ControllerError
 from .dialog import RsDialog
 from .messages import CallRecord, Loss
 from .session import OPEN_STATES, Attempt, RecordingSession, State
 
-__all__ = ["DuplicateSession", "SessionStore"]
+__all__ = ["DuplicateSession", "SessionStore", "Store", "session_doc", "session_from_doc"]
 
 SCHEMA_VERSION = 2
 _SCHEMA = f"""
@@ -119,6 +119,31 @@ def _b64(b: bytes) -> str:
 
 def _unb64(s: Any) -> bytes:
     return base64.b64decode(s) if s else b""
+
+
+class Store(Protocol):
+    """What the controller, its API and the audit use of a store: :class:`SessionStore`
+    (SQLite, one box) or :class:`~.redis_store.RedisStore` (a pair)."""
+
+    path: str
+
+    def close(self) -> None: ...
+    def save(self, s: RecordingSession) -> None: ...
+    def write(self, *, sessions: Iterable[RecordingSession] = (),
+              calls: Iterable[CallRecord] = (), losses: Iterable[Loss] = (),
+              media: Iterable[tuple[Any, ...]] = ()) -> None: ...
+    def open_sessions(self) -> list[RecordingSession]: ...
+    def recent(self, limit: int = 100) -> list[RecordingSession]: ...
+    def get(self, session_id: str) -> RecordingSession | None: ...
+    def for_call(self, call_id: str) -> list[RecordingSession]: ...
+    def by_rs_call_id(self, rs_call_id: str) -> RecordingSession | None: ...
+    def count_by_state(self) -> dict[str, int]: ...
+    def call(self, call_id: str) -> dict[str, Any] | None: ...
+    def calls(self, since: float = 0.0, until: float | None = None) -> list[dict[str, Any]]: ...
+    def losses(self, *, call_id: str | None = None, since: float = 0.0,
+               until: float | None = None) -> list[dict[str, Any]]: ...
+    def loss_counts(self) -> dict[str, int]: ...
+    def media(self, call_id: str) -> list[dict[str, Any]]: ...
 
 
 class SessionStore:
@@ -297,9 +322,14 @@ class SessionStore:
             return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 
 
-def _session_row(s: RecordingSession) -> tuple[Any, ...]:
-    data = {
-        "sub_to_tag": s.sub_to_tag, "call": s.call,
+def session_doc(s: RecordingSession) -> dict[str, Any]:
+    """Everything the store keeps of a session but its history, JSON-ready (both stores)."""
+    return {
+        "session_id": s.session_id, "call_id": s.call_id, "slot": s.slot, "edge": s.edge,
+        "node": s.node, "group": s.group, "state": s.state.value, "reason": s.reason,
+        "srs_uri": s.srs_uri, "rs_call_id": s.rs_call_id, "created": s.created,
+        "updated": s.updated, "established": s.established_at, "media_until": s.media_until,
+        "ended": s.ended_at, "sub_to_tag": s.sub_to_tag, "call": s.call,
         "dialog": s.dialog.to_dict() if s.dialog else None,
         "attempts": [[a.rs_call_id, a.srs_uri, a.transport, a.started, a.outcome]
                      for a in s.attempts],
@@ -307,23 +337,38 @@ def _session_row(s: RecordingSession) -> tuple[Any, ...]:
         "metadata": _b64(s.metadata), "participants": s.participants,
         "announced_holds": sorted(s.announced_holds), "last_alive": s.last_alive,
     }
-    return (s.session_id, s.call_id, s.slot, s.edge, s.node, s.group, s.state.value, s.reason,
-            s.srs_uri, s.rs_call_id, json.dumps(data), s.created, s.updated, s.established_at,
-            s.media_until, s.ended_at)
 
 
-def _session(r: tuple[Any, ...], hist: list[tuple[Any, ...]]) -> RecordingSession:
-    d = json.loads(r[9])
+def session_from_doc(d: dict[str, Any], history: list[tuple[Any, ...]]) -> RecordingSession:
     s = RecordingSession(
-        session_id=r[0], call_id=r[1], slot=r[2], edge=r[3], node=r[4], group=r[5],
-        state=State(r[6]), reason=r[7], srs_uri=r[8], sub_to_tag=d["sub_to_tag"],
-        call=d.get("call") or {},
+        session_id=d["session_id"], call_id=d["call_id"], slot=d["slot"], edge=d["edge"],
+        node=d["node"], group=d["group"], state=State(d["state"]), reason=d.get("reason"),
+        srs_uri=d.get("srs_uri"), sub_to_tag=d["sub_to_tag"], call=d.get("call") or {},
         dialog=RsDialog.from_dict(d["dialog"]) if d.get("dialog") else None,
         attempts=[Attempt(*a) for a in d.get("attempts") or []],
         offer_sdp=_unb64(d.get("offer_sdp")), answer_sdp=_unb64(d.get("answer_sdp")),
         metadata=_unb64(d.get("metadata")), participants=d.get("participants") or {},
         announced_holds=frozenset(d.get("announced_holds") or ()),
-        last_alive=d.get("last_alive"), created=r[10], updated=r[11], established_at=r[12],
-        media_until=r[13], ended_at=r[14])
-    s.history = [tuple(h) for h in hist]  # type: ignore[misc]
+        last_alive=d.get("last_alive"), created=d["created"], updated=d["updated"],
+        established_at=d.get("established"), media_until=d.get("media_until"),
+        ended_at=d.get("ended"))
+    s.history = [tuple(h) for h in history]  # type: ignore[misc]
     return s
+
+
+_COLUMNS = ("session_id", "call_id", "slot", "edge", "node", "group", "state", "reason",
+            "srs_uri", "rs_call_id")
+_TIMES = ("created", "updated", "established", "media_until", "ended")
+
+
+def _session_row(s: RecordingSession) -> tuple[Any, ...]:
+    d = session_doc(s)
+    data = {k: v for k, v in d.items() if k not in _COLUMNS and k not in _TIMES}
+    return (*(d[k] for k in _COLUMNS), json.dumps(data), *(d[k] for k in _TIMES))
+
+
+def _session(r: tuple[Any, ...], hist: list[tuple[Any, ...]]) -> RecordingSession:
+    d = json.loads(r[9])
+    d.update(zip(_COLUMNS[:9], r[:9], strict=True))
+    d.update(zip(_TIMES, r[10:15], strict=True))
+    return session_from_doc(d, hist)

@@ -138,7 +138,10 @@ def render_site(site: Site) -> list[Rendered]:
             ctx = dict(site=site, edge=edge, source_digest=digest, rtpengine_sets=rtpengine_sets,
                        direction_flags=direction, media_recording=True,
                        secrets_include=str(site_secrets.kamailio_include_path(site, edge.name)),
-                       srs_hostports=srs_hostports(site))
+                       srs_hostports=srs_hostports(site),
+                       # an active/standby pair: both are connected, only the leader acts
+                       controllers=max(1, len(getattr(site.controller, "instances", None)
+                                              or ())))
             out.append(Rendered(f"kamailio/{edge.name}/kamailio.cfg", kam.render(ctx),
                                 "kamailio", edge.name))
             out.append(Rendered(f"kamailio/{edge.name}/kamcli.ini", kamcli.render(ctx),

@@ -122,7 +122,7 @@ RAW_OK = {"$var(evname)", "$dlg(callid)", "$ci", "$TV(Sn)", "$rm", "$ft", "$tt",
           # the evapi authentication replies (no SIP-derived value in them)
           "auth", "ok", "refused", "observer",
           "another controller of this site is connected to edge {edge} "
-          "(from $sht(evc=>owner_addr))"}
+          "(from $sht(evc=>owner0_addr))"}
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
