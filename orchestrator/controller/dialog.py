@@ -46,10 +46,10 @@ def options_headers(call_id: str, local_uri: str, remote_uri: str, contact: str)
                    ("Contact", f"<{contact}>;+sip.src"), ("Accept", "application/sdp")])
 
 
-# what no name-addr URI (RFC 3261) nor xs:anyURI (RFC 7865's aor) may carry as it is: controls,
-# space, DEL, <>"\, a '%' that does not start an escape, and the brackets of an IPv6 host
-# (libxml2's anyURI takes a sip: URI as a path, where RFC 3986 allows no '[')
-_UNSAFE_URI = re.compile(r'[\x00-\x20\x7f<>"\\\[\]]|%(?![0-9A-Fa-f]{2})')
+# what a URI (RFC 3986 — the xs:anyURI of RFC 7865's aor — and RFC 3261) may not carry as it
+# is: anything but unreserved, sub-delims, ":@/?" and a '%' that starts an escape ('#' and
+# '[]' only stand in places a sip: URI's user/host parsing does not give them)
+_UNSAFE_URI = re.compile(r"[^A-Za-z0-9\-._~!$&'()*+,;=:@/?%]|%(?![0-9A-Fa-f]{2})")
 _UNSAFE_TEXT = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 

@@ -369,9 +369,19 @@ class Api(Strict):
                                    max_length=32)
 
 
+class ControllerInstance(Strict):
+    """One controller of an active/standby pair (both run; the lease holder acts)."""
+
+    name: Name
+    api: Api = Field(default_factory=Api)
+
+
 class Controller(Strict):
     api: Api = Field(default_factory=Api)
     store: str = "/var/lib/siprecctl/state.sqlite"
+    instances: list[ControllerInstance] = Field(
+        default_factory=list, max_length=4, description="the controllers of an active/standby "
+        "pair (state in Redis: serve --redis); empty: one controller")
     max_setup_lag: float | None = Field(
         None, gt=0, le=60, description="shed (a counted loss) the set-up of an answered call "
         "that waited longer than this in the controller's queue; unset: set it up late and "
@@ -466,6 +476,12 @@ def _cross_checks(site: Site) -> list[tuple[str, str]]:
     if site.recording.siprec and site.recording.siprec not in groups:
         p.append(("recording.siprec", f"unknown SRS group '{site.recording.siprec}' "
                   f"(defined: {', '.join(sorted(groups)) or 'none'})"))
+    p += _dupes(site.controller.instances, "name", "controller.instances")
+    apis = [(i.api.address, i.api.port) for i in site.controller.instances]
+    for ci, a in enumerate(apis):
+        if a in apis[:ci]:
+            p.append((f"controller.instances[{ci}].api", f"{a[0]}:{a[1]} is the API listener "
+                      f"of controller.instances[{apis.index(a)}] too"))
     for gi, g in enumerate(site.recording.srs_groups):
         if g.simultaneous > len(g.servers):
             p.append((f"recording.srs_groups[{gi}].simultaneous",
