@@ -515,7 +515,10 @@ def raw_http(stack: LabStack, data: bytes, *, close_write: bool = False) -> tupl
     with socket.create_connection((api.address, api.port), timeout=15) as s:
         s.sendall(data)
         if close_write:
-            s.shutdown(socket.SHUT_WR)
+            try:
+                s.shutdown(socket.SHUT_WR)
+            except OSError:  # the server answered and closed first: its reply is there
+                pass
         out = b""
         while chunk := s.recv(65536):
             out += chunk
