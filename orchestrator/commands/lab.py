@@ -117,7 +117,7 @@ def up(args: argparse.Namespace) -> int:
     if lab.mode == "loopback":
         _say(f"lab: network namespaces cannot be used ({lab.reg['fallback_reason']}): "
              f"hosts on loopback, ports 6100-6999")
-    lab.up(progress=None if args.json else (lambda s: _say(f"lab up: {s}")))
+    lab.up(progress=(lambda s: None) if args.json else (lambda s: _say(f"lab up: {s}")))
     return _show_status(lab, args.json)
 
 
@@ -135,9 +135,9 @@ def _show_status(lab: Any, as_json: bool) -> int:
                   "-" if h["link_up"] is None else ("up" if h["link_up"] else "DOWN"),
                   ", ".join(h["processes"])) for h in hosts],
                 title=f"lab in {lab.dir} ({lab.mode}, {lab.reg['state']})")
-    print_table(["host", "process", "pid", "health", "CPU s", "RSS MB", "checked"],
+    print_table(["host", "process", "pid", "health", "CPU s", "memory MB (PSS)", "checked"],
                 [(p.host, p.name, p.pid, "ok" if p.healthy else
-                  ("DOWN" if not p.running else "UNHEALTHY"), p.cpu_s, p.rss_mb, p.detail)
+                  ("DOWN" if not p.running else "UNHEALTHY"), p.cpu_s, p.mem_mb, p.detail)
                  for p in procs])
     return 0 if ok else 1
 
@@ -161,12 +161,142 @@ def down(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------- calls, report
+def _place(lab: Any, args: argparse.Namespace, *, show: bool, label: str = "") -> dict[str, Any]:
+    from ..lab.load import CallProgress, place_calls
+
+    if not show:
+        return place_calls(lab, calls=args.calls, rate=args.rate, duration=args.duration,
+                           rtp=args.rtp, opt_out=args.opt_out, label=label)
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    console = Console(stderr=True)
+    with Progress(TextColumn("calls"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.description}"), console=console, transient=False) as bar:
+        task = bar.add_task("", total=args.calls)
+
+        def show_progress(p: CallProgress) -> None:
+            bar.update(task, completed=p.done,
+                       description=f"placed {p.placed}, answered {p.answered}, up {p.current},"
+                                   f" failed {p.failed}")
+
+        return place_calls(lab, calls=args.calls, rate=args.rate, duration=args.duration,
+                           rtp=args.rtp, opt_out=args.opt_out, progress=show_progress,
+                           label=label)
+
+
 def call(args: argparse.Namespace) -> int:
-    raise NotImplementedError
+    from ..lab.hosts import Lab
+
+    lab = Lab.open(_labdir(args))
+    run = _place(lab, args, show=not (args.json or args.no_progress))
+    sipp = run["sipp"]
+    failed = sum(int(s.get("FailedCall(C)", 0)) for s in sipp.values())
+    summary = {"run_id": run["run_id"], "answered": len(run["calls"]), "failed": failed,
+               "sipp_exit": {k: v["exit"] for k, v in sipp.items()},
+               "run": str(lab.dir / "runs" / run["run_id"])}
+    if args.json:
+        print_json(summary)
+    else:
+        print(f"run {run['run_id']}: {len(run['calls'])} calls answered at the edge, "
+              f"{failed} failed (sipp); siprecctl lab report --run {run['run_id']}")
+    return 0 if failed == 0 and all(v["exit"] == 0 for v in sipp.values()) else 1
+
+
+def _bench_figures(labdir: Path) -> dict[str, Any] | None:
+    import json
+
+    path = labdir / "bench" / "e2e_load.json"
+    try:
+        return dict(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return None
+
+
+def _print_report(rep: dict[str, Any]) -> None:
+    c, pol, sr, su = rep["calls"], rep["policy"], rep["siprec"], rep["setup_ms"]
+    p = rep["params"]
+    rows = [
+        ("calls placed / answered / failed / ended",
+         f"{c['placed']} / {c['answered']} / {c['failed']} / {c['ended']}"),
+        ("recorded by policy (SIPREC / local / not recorded)",
+         f"{pol['siprec']} / {pol['local']} / {pol['not_recorded']}"),
+        ("SIPREC sessions established (calls / sessions)",
+         f"{sr['calls_established']} / {sr['sessions_established']}"),
+        ("at the SRS: answered, ACKed, ended by BYE", str(sr["srs_complete"])),
+        ("metadata valid (strict RFC 7865 validator at the SRS)", str(sr["metadata_valid"])),
+        ("local recordings (pcap + metadata)", f"{rep['local']['recorded']} of "
+                                                f"{rep['local']['expected']}"),
+        ("losses counted by the controller",
+         ", ".join(f"{k} {v}" for k, v in sr["losses"].items()) or "none"),
+        ("set-up latency ms p50 / p95 / p99 / max",
+         " / ".join("-" if su[k] is None else f"{su[k]:.1f}" for k in ("p50", "p95", "p99",
+                                                                        "max"))),
+    ]
+    for leg, st in (rep["rtp"] or {}).items():
+        rows.append((f"RTP completeness, {leg} leg (mean / min; calls ≥ 95 %)",
+                     f"{st['mean']:.2%} / {st['min']:.2%}; {st['complete']} of {st['calls']}"
+                     if st["calls"] else "no media counted"))
+    for name, u in rep["usage"].items():
+        rows.append((f"{name}: CPU s (ms per call), peak memory",
+                     f"{u['cpu_s']:.2f} ({u.get('cpu_ms_per_call')}), {u['mem_mb_peak']} MB"))
+    print_table(["", "value"], rows,
+                title=f"run {rep['run_id']} {rep['label']}: {p['calls']} calls at {p['rate']}/s,"
+                      f" {p['duration']} s, RTP {'on' if p['rtp'] else 'off'} "
+                      f"({rep['mode']}, {rep['started']})")
+    bad = [r for r in rep["per_call"] if r["problems"]]
+    if bad:
+        print_table(["call-id", "problems"], [(r["call_id"], "; ".join(r["problems"]))
+                                              for r in bad[:20]],
+                    title=f"{len(bad)} calls with problems")
+    print("RUN OK" if rep["ok"] else "RUN FAILED: " + "; ".join(rep["problems"]))
+
+
+def _report(labdir: Path, runs: list[str] | None, html_path: Path | None,
+            as_json: bool) -> int:
+    from ..lab.hosts import Lab
+    from ..lab.report import html_page, load_runs, run_report, srs_records
+    from ..site import load
+
+    reg = Lab.read_registry(labdir)
+    if reg is None:
+        from ..errors import LabError
+
+        raise LabError(f"no lab in {labdir}")
+    store = Path(load(reg["site_file"]).controller.store)
+    records = srs_records(labdir)
+    reps = [run_report(labdir, r, store, records) for r in load_runs(labdir, runs)]
+    bench = _bench_figures(labdir)
+    out = html_path or labdir / "report.html"
+    out.write_text(html_page(reps, bench))
+    if as_json:
+        print_json({"runs": reps, "bench": bench, "html": str(out)})
+    else:
+        for rep in reps:
+            _print_report(rep)
+        if bench:
+            _print_bench(bench)
+        print(f"HTML report with plots: {out}")
+    return 0 if all(r["ok"] for r in reps) else 1
+
+
+def _print_bench(b: dict[str, Any]) -> None:
+    rows = [("machine", b.get("machine")), ("when", b.get("when"))]
+    for kind in ("plain", "recorded"):
+        k = b.get(kind) or {}
+        rows.append((f"max rate, {kind} (0 failed calls for {b.get('seconds')} s)",
+                     f"{k.get('max_rate')} calls/s"))
+    rows.append(("ratio recorded / plain", b.get("ratio")))
+    lat = b.get("latency_at_half") or {}
+    rows.append((f"set-up latency at {lat.get('rate')} calls/s (p50/p95/p99 ms)",
+                 f"{lat.get('p50')} / {lat.get('p95')} / {lat.get('p99')}"))
+    for proc, v in (b.get("cpu_ms_per_call") or {}).items():
+        rows.append((f"CPU per call, {proc} (ms)", v))
+    print_table(["load benchmark", "value"], rows, title="bench/e2e_load.py (latest)")
 
 
 def report(args: argparse.Namespace) -> int:
-    raise NotImplementedError
+    return _report(_labdir(args), args.run, args.html, args.json)
 
 
 def drill(args: argparse.Namespace) -> int:
@@ -174,7 +304,24 @@ def drill(args: argparse.Namespace) -> int:
 
 
 def demo(args: argparse.Namespace) -> int:
-    raise NotImplementedError
+    """up + a short call run + report + down; the lab directory is kept."""
+    from ..lab.hosts import Lab
+    from ..site import load
+
+    labdir = _labdir(args)
+    lab = Lab.plan(load(args.site), labdir, args.mode)
+    if lab.mode == "loopback":
+        _say(f"lab: network namespaces cannot be used ({lab.reg['fallback_reason']}): "
+             f"hosts on loopback, ports 6100-6999")
+    try:
+        lab.up(progress=lambda s: _say(f"lab up: {s}"))
+        if not args.json:
+            _show_status(lab, False)
+        run = _place(lab, args, show=not args.json, label="demo")
+    finally:
+        for line in lab.down():
+            _say(f"lab down: {line}")
+    return _report(labdir, [run["run_id"]], None, args.json)
 
 
 # ---------------------------------------------------------------------------- lab run

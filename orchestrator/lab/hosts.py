@@ -41,10 +41,27 @@ __all__ = ["Lab", "ProcStatus", "default_dir", "lab_down"]
 
 REGISTRY = "lab.json"
 LOOPBACK = "127.0.0.1"
-# the loopback fallback's ports (6000-6063 is X11's)
-BAND = {"sip": 6160, "callee": 6180, "caller": 6170, "jsonrpc": 6171, "evapi": 6148,
-        "api": 6190, "srs": 6191, "ng": 6123, "rtp": (6200, 6599),
-        "srs_rtp": ((6600, 6799), (6800, 6999)), "callee_mp": 6130, "caller_mp": 6140}
+
+
+@dataclass(frozen=True)
+class _Band:
+    """The loopback fallback's ports, all within 6100-6999 (6000-6063 is X11's)."""
+
+    sip: int = 6160
+    callee: int = 6180
+    caller: int = 6170
+    jsonrpc: int = 6171
+    evapi: int = 6148
+    api: int = 6190
+    srs: int = 6191
+    ng: int = 6123
+    rtp: tuple[int, int] = (6200, 6599)
+    srs_rtp: tuple[tuple[int, int], ...] = ((6600, 6799), (6800, 6999))
+    callee_mp: int = 6130
+    caller_mp: int = 6140
+
+
+BAND = _Band()
 NETNS_SRS_RTP = (40000, 40999)
 _URI_HOST = re.compile(r"^(?P<scheme>sips?:(?:[^@]*@)?)(?P<host>[^:;?]+)(?P<rest>.*)$")
 
@@ -105,24 +122,24 @@ def lab_site(site: Site, labdir: Path, plan: NetPlan | None) -> Site:
         ls["address"] = edge_ip
         ls.pop("advertise", None)
         if plan is None:
-            ls["port"] = sip_ports.setdefault(ls["port"], BAND["sip"] + len(sip_ports))
+            ls["port"] = sip_ports.setdefault(ls["port"], BAND.sip + len(sip_ports))
     for i, t in enumerate(e["trunks"]):
-        t["uri"] = _uri_with(t["uri"], callee_ip, None if plan else BAND["callee"] + i)
+        t["uri"] = _uri_with(t["uri"], callee_ip, None if plan else BAND.callee + i)
     e["run_dir"] = str(labdir / "run" / e["name"])
     if plan is None:
-        e["jsonrpc"].update(address=LOOPBACK, port=BAND["jsonrpc"])
-        e["evapi"].update(address=LOOPBACK, port=BAND["evapi"])
+        e["jsonrpc"].update(address=LOOPBACK, port=BAND.jsonrpc)
+        e["evapi"].update(address=LOOPBACK, port=BAND.evapi)
         data["controller"]["api"]["address"] = LOOPBACK
-        data["controller"]["api"]["port"] = BAND["api"]
+        data["controller"]["api"]["port"] = BAND.api
     nodes = data["media"]["nodes"]
-    low, high = BAND["rtp"]
+    low, high = BAND.rtp
     width = (high - low + 1) // len(nodes)
     for i, n in enumerate(nodes):
         for itf in n["interfaces"]:
             itf["address"] = edge_ip
             itf.pop("advertised", None)
         if plan is None:
-            base = BAND["ng"] + 10 * i
+            base = BAND.ng + 10 * i
             n["ng"] = {"address": LOOPBACK, "port": base}
             if "ng_tcp" in n:
                 n["ng_tcp"] = {"port": base + 1}
@@ -133,7 +150,7 @@ def lab_site(site: Site, labdir: Path, plan: NetPlan | None) -> Site:
     data["media"].pop("redis", None)  # the lab starts no Redis
     uris = srs_uris(site)
     new_uri = {u: _uri_with(u, plan.address(f"srs{i + 1}") if plan else LOOPBACK,
-                            None if plan else BAND["srs"] + i) for i, u in enumerate(uris)}
+                            None if plan else BAND.srs + i) for i, u in enumerate(uris)}
     for g in data["recording"]["srs_groups"]:
         for s in g["servers"]:
             s["uri"] = new_uri[s["uri"]]
@@ -156,7 +173,7 @@ def _proc_start(pid: int) -> int | None:
 def proc_alive(rec: dict[str, Any]) -> bool:
     """The recorded process still runs (same pid *and* start time: never a recycled pid)."""
     pid = rec.get("pid")
-    return bool(pid) and _proc_start(int(pid)) == rec.get("start")
+    return pid is not None and _proc_start(int(pid)) == rec.get("start")
 
 
 def _stop_pid(rec: dict[str, Any], timeout: float, kill: bool) -> None:
@@ -200,22 +217,34 @@ class ProcStatus:
     healthy: bool
     detail: str
     cpu_s: float | None = None
-    rss_mb: float | None = None
+    mem_mb: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
+def _pss_kb(pid: str) -> int | None:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def proc_usage(pid: int) -> tuple[float, float] | None:
-    """(CPU seconds, RSS MB) of ``pid`` and the rest of its process group (Kamailio and
-    rtpengine fork or thread; children are summed)."""
+    """(CPU seconds, memory MB) of ``pid`` and the rest of its process group (Kamailio
+    forks its workers). Memory is the PSS (shared pages split among the processes sharing
+    them: Kamailio's shm is not counted once per worker), RSS where PSS is unreadable."""
     try:
         pgid = os.getpgid(pid)
     except OSError:
         return None
     tick = os.sysconf("SC_CLK_TCK")
     page = os.sysconf("SC_PAGE_SIZE")
-    cpu = rss = 0
+    cpu = mem = 0
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -227,8 +256,9 @@ def proc_usage(pid: int) -> tuple[float, float] | None:
         if int(fields[2]) != pgid or fields[0] == "Z":
             continue
         cpu += int(fields[11]) + int(fields[12])  # utime + stime
-        rss += int(fields[21])
-    return cpu / tick, rss * page / 2**20
+        pss = _pss_kb(entry)
+        mem += pss * 1024 if pss is not None else int(fields[21]) * page
+    return cpu / tick, mem / 2**20
 
 
 # ---------------------------------------------------------------------------- the lab
@@ -296,8 +326,8 @@ class Lab:
                                                  "bridge": netplan.bridge,
                                                  "subnet": netplan.subnet},
             "namespaces": [], "hosts": hosts, "processes": {}, "order": [],
-            "caller": {"port": 5060 if netplan else BAND["caller"],
-                       "media_port": None if netplan else BAND["caller_mp"]},
+            "caller": {"port": 5060 if netplan else BAND.caller,
+                       "media_port": None if netplan else BAND.caller_mp},
             "created_at": time.time(),
         }
         lab = cls(labdir, reg)
@@ -383,7 +413,7 @@ class Lab:
 
         for i, uri in enumerate(srs_uris(site)):
             host = f"srs{i + 1}"
-            low, high = NETNS_SRS_RTP if self.mode == "netns" else BAND["srs_rtp"][i]
+            low, high = NETNS_SRS_RTP if self.mode == "netns" else BAND.srs_rtp[i]
             addr, port = self.address(host), _uri_port(uri)
             add(host, host, "srs", [sys.executable, "-m", "orchestrator.cli", "srs",
                                     "--listen", f"{addr}:{port}", "--transport", "udp,tcp",
@@ -394,7 +424,7 @@ class Lab:
         cwd = d / "sipp"
         add("callee", "callee", "callee",
             sipp.uas_argv(cwd, self.address("callee"), callee_port,
-                          media_port=None if self.mode == "netns" else BAND["callee_mp"]),
+                          media_port=None if self.mode == "netns" else BAND.callee_mp),
             workdir=str(cwd), address=self.address("callee"), port=callee_port)
         cfg = d / "configs"
         for n in site.media.nodes:
@@ -477,7 +507,7 @@ class Lab:
         try:
             with self.inside(host):
                 if kind == "rtpengine":
-                    ok = ng_ping(*rec["ng"], timeout=0.5)
+                    ok = ng_ping(rec["ng"][0], int(rec["ng"][1]), timeout=0.5)
                     return ok, "NG ping answered" if ok else "no answer to NG ping"
                 if kind == "kamailio":
                     return self._kamailio_health()
