@@ -300,7 +300,24 @@ def report(args: argparse.Namespace) -> int:
 
 
 def drill(args: argparse.Namespace) -> int:
-    raise NotImplementedError
+    from ..lab.drills import DRILLS, run_drill
+    from ..lab.hosts import Lab
+
+    if args.name == "list":
+        print_table(["drill", "what"], [(n, w) for n, (_, w) in DRILLS.items()])
+        return 0
+    res = run_drill(Lab.open(_labdir(args)), args.name)
+    if args.json:
+        print_json(res.as_dict())
+        return 0 if res.passed else 1
+    print(f"drill {res.name}: {res.what} (run {res.run_id})")
+    for line in res.happened:
+        print(f"  {line}")
+    print_table(["check", "result", "detail"],
+                [(c, "pass" if ok else "FAIL", d) for c, ok, d in res.checks])
+    print("counts: " + ", ".join(f"{k} {v}" for k, v in res.counts.items()))
+    print(f"DRILL {res.name} {'PASSED' if res.passed else 'FAILED'}")
+    return 0 if res.passed else 1
 
 
 def demo(args: argparse.Namespace) -> int:
