@@ -253,7 +253,9 @@ def _settle(lab: Lab, events: Any, tag: str, timeout: float) -> None:
             if all(not s.open for s in sessions):
                 # sessions that reached an SRS that still runs (a killed one writes nothing)
                 alive = _running_srs_uris(lab)
-                rs_ids = {a.rs_call_id for s in sessions for a in s.attempts
+                # (a failed session's SRS was lost: its record may never come)
+                rs_ids = {a.rs_call_id for s in sessions if s.state.value == "closed"
+                          for a in s.attempts
                           if a.outcome.endswith("answered") and a.srs_uri in alive}
                 if rs_ids <= _srs_call_ids(lab.dir):
                     return
