@@ -40,9 +40,11 @@ class EventReader(threading.Thread):
         sock.sendall(encode_netstring(json.dumps(
             {"cmd": "auth", "secret": self._secret, "role": "observer"}).encode()))
         self._decoder = NetstringDecoder()
-        frames: list[bytes] = []
+        events: list[Event] = []
+        auth: Event | None = None
         deadline = time.monotonic() + timeout
-        while not frames:
+        # the edge queues its auth answer: an event multicast meanwhile may come first
+        while auth is None:
             sock.settimeout(max(0.01, deadline - time.monotonic()))
             try:
                 data = sock.recv(65536)
@@ -51,13 +53,17 @@ class EventReader(threading.Thread):
             if not data:
                 sock.close()
                 raise LabError(f"evapi {addr[0]}:{addr[1]}: no auth answer (wrong secret?)")
-            frames = self._decoder.feed(data)
-        first = decode_event(frames[0])
-        if first.get("event") != "auth" or first.get("result") != "ok":
+            for frame in self._decoder.feed(data):
+                ev = decode_event(frame)
+                if auth is None and ev.get("event") == "auth":
+                    auth = ev
+                else:
+                    events.append(ev)
+        if auth.get("result") != "ok":
             sock.close()
-            raise LabError(f"evapi {addr[0]}:{addr[1]}: observer refused: {first}")
+            raise LabError(f"evapi {addr[0]}:{addr[1]}: observer refused: {auth}")
         sock.settimeout(None)
-        return sock, [decode_event(f) for f in frames[1:]]
+        return sock, events
 
     @classmethod
     def for_edge(cls, site: Any, edge: Any, timeout: float = 5.0) -> EventReader:
