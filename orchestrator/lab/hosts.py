@@ -370,7 +370,8 @@ class Lab:
 
         old = self.read_registry(self.dir)
         if old is not None and old.get("state") != "down":
-            raise LabError(f"a lab is already up in {self.dir} (siprecctl lab down first)")
+            raise LabError(f"a lab is up (or was left half-built) in {self.dir}: siprecctl "
+                           f"lab down --dir {self.dir} first")
         self.reg["state"] = "starting"
         self.save()
         try:
@@ -438,17 +439,19 @@ class Lab:
             [sys.executable, "-m", "orchestrator.cli", "serve", self.reg["site_file"]])
         return out
 
-    def _argv(self, host: str, argv: list[str]) -> list[str]:
+    def argv_in(self, host: str, argv: list[str]) -> list[str]:
+        """``argv`` run inside ``host`` (as is on loopback)."""
         ns = self.host_ns(host)
-        # ip netns exec setns()es and then execs the daemon: the pid is the daemon's
+        # ip netns exec setns()es and then execs the daemon: the pid is the daemon's (a
+        # pyroute2 setns in a pre-exec hook would do the same, but preexec_fn is unsafe in
+        # a process with threads, and `ip netns exec` is what an operator types)
         return (["ip", "netns", "exec", ns] if ns else []) + list(argv)
 
     def start(self, name: str, spec: dict[str, Any] | None = None,
               timeout: float = 20.0) -> None:
         """Start process ``name`` (again) in its host and wait until it is healthy."""
         spec = dict(spec or self.reg["processes"][name])
-        for p in ("workdir",):
-            Path(spec[p]).mkdir(parents=True, exist_ok=True)
+        Path(spec["workdir"]).mkdir(parents=True, exist_ok=True)
         for sub in ("recordings", "srs/srs1", "srs/srs2"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         for n in self.site.media.nodes:
@@ -456,7 +459,7 @@ class Lab:
         Path(self.site.edges[0].runtime_dir).mkdir(parents=True, exist_ok=True)
         if name == "callee":
             sipp.workdir(Path(spec["workdir"]))
-        d = Daemon(self._argv(spec["host"], spec["argv"]), Path(spec["workdir"]), name=name,
+        d = Daemon(self.argv_in(spec["host"], spec["argv"]), Path(spec["workdir"]), name=name,
                    log_path=Path(spec["log"]))
         d.start()
         assert d.pid is not None

@@ -162,7 +162,7 @@ def place_calls(lab: Lab, *, calls: int, rate: float, duration: float, rtp: bool
                                      rtp=rtp, timeout_s=timeout, extra=extra)
                 log = open(rdir / f"sipp-{kind}.log", "wb")
                 try:
-                    p = subprocess.Popen(lab._argv("caller", argv), cwd=cwd, stdout=log,
+                    p = subprocess.Popen(lab.argv_in("caller", argv), cwd=cwd, stdout=log,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
                 finally:
                     log.close()
