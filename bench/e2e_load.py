@@ -44,8 +44,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from orchestrator.lab import sipp  # noqa: E402
 from orchestrator.lab.hosts import Lab, default_dir  # noqa: E402
-from orchestrator.lab.load import place_calls  # noqa: E402
+from orchestrator.lab.load import place_calls, read_sipp_stat  # noqa: E402
 from orchestrator.lab.report import run_report  # noqa: E402
 from orchestrator.site import load, validate_data  # noqa: E402
 
@@ -92,6 +93,34 @@ def shm_used_mb(lab: Lab) -> float | None:
         return None
 
 
+def use_srs(lab: Lab, kind: str) -> None:
+    """Run ``srs1``/``srs2`` as the reference SRS (the lab's own processes) or as sipp's
+    ``srs_uas.xml`` on the same address and port (``-aa`` answers the probes)."""
+    specs = lab.specs()
+    for name in ("srs1", "srs2"):
+        spec = dict(specs[name])
+        if kind == "sipp":
+            cwd = lab.dir / "procs" / f"{name}-sipp"
+            sipp.workdir(cwd)
+            spec.update(workdir=str(cwd), argv=[
+                sipp.SIPP_BIN, "-sf", "srs_uas.xml", "-i", spec["address"], "-ci",
+                spec["address"], "-p", str(spec["port"]), "-mp", "40000", "-aa", "-nostdin",
+                "-trace_stat", "-stf", str(cwd / "stat.csv"), "-fd", "1", "-trace_err",
+                "-error_file", str(cwd / "errors.log")])
+        lab.stop(name)
+        lab.start(name, spec)
+
+
+def sipp_srs_counts(lab: Lab) -> tuple[int, int]:
+    """(successful, failed) sessions of the sipp SRSs so far."""
+    ok = failed = 0
+    for name in ("srs1", "srs2"):
+        st = read_sipp_stat(lab.dir / "procs" / f"{name}-sipp" / "stat.csv")
+        ok += st.get("SuccessfulCall(C)", 0)
+        failed += st.get("FailedCall(C)", 0)
+    return ok, failed
+
+
 def srs_complete(lab: Lab, since: float) -> tuple[int, int]:
     """(complete, all) SRS sessions begun since ``since``: complete = answered, ACKed,
     ended by the SRC's BYE, two labelled streams."""
@@ -128,8 +157,9 @@ def quiet(lab: Lab, timeout: float = 90.0) -> None:
     time.sleep(lab.site.media.delete_delay + 1)
 
 
-def probe(lab: Lab, rate: float, kind: str, seconds: float) -> dict[str, Any]:
+def probe(lab: Lab, rate: float, kind: str, seconds: float, srs: str) -> dict[str, Any]:
     calls = max(1, int(rate * seconds))
+    before = sipp_srs_counts(lab) if srs == "sipp" else (0, 0)
     t0 = time.time()
     shm0 = shm_used_mb(lab)
     run = place_calls(lab, calls=calls, rate=rate, duration=CALL_S, rtp=False,
@@ -139,11 +169,15 @@ def probe(lab: Lab, rate: float, kind: str, seconds: float) -> dict[str, Any]:
     placed = sum(int(s.get("OutgoingCall(C)", 0)) for s in run["sipp"].values())
     answered = len(run["calls"])
     complete = total = 0
-    if kind == "recorded":  # sessions end ~1 s after their call: wait for the records
+    if kind == "recorded":  # sessions end ~1 s after their call: wait for the counts
         deadline = time.monotonic() + 60
         last = -1
         while time.monotonic() < deadline:
-            complete, total = srs_complete(lab, t0)
+            if srs == "sipp":
+                ok, bad = sipp_srs_counts(lab)
+                complete, total = ok - before[0], ok + bad - before[0] - before[1]
+            else:
+                complete, total = srs_complete(lab, t0)
             if complete >= answered or complete == last:
                 break
             last = complete
@@ -156,7 +190,7 @@ def probe(lab: Lab, rate: float, kind: str, seconds: float) -> dict[str, Any]:
         lab.restart(name)
     ok = (failed == 0 and placed == calls and answered == calls and not unhealthy
           and (kind == "plain" or (complete == answered and not losses)))
-    res = {"kind": kind, "rate": rate, "calls": calls, "placed": placed, "answered": answered,
+    res = {"kind": kind, "srs": srs, "rate": rate, "calls": calls, "placed": placed, "answered": answered,
            "failed": failed, "srs_complete": complete, "srs_sessions": total,
            "losses": losses, "crashed": unhealthy, "ok": ok, "run_id": run["run_id"],
            "shm_used_mb": [shm0, shm1],
@@ -181,14 +215,14 @@ def _losses_since(lab: Lab, since: float) -> dict[str, int]:
         store.close()
 
 
-def search(lab: Lab, kind: str, args: argparse.Namespace, log: list[dict[str, Any]]
-           ) -> dict[str, Any]:
+def search(lab: Lab, kind: str, args: argparse.Namespace, log: list[dict[str, Any]],
+           srs: str = "sipp") -> dict[str, Any]:
     """Double, then bisect to within 10 %; the best passing probe."""
     best: dict[str, Any] | None = None
     low, high = 0.0, None
     rate = float(args.start)
     while rate <= args.max:
-        r = probe(lab, rate, kind, args.seconds)
+        r = probe(lab, rate, kind, args.seconds, srs)
         log.append(r)
         if not r["ok"]:
             high = rate
@@ -199,7 +233,7 @@ def search(lab: Lab, kind: str, args: argparse.Namespace, log: list[dict[str, An
         high = float(args.max) * 2
     while best is not None and high - low > 0.1 * low:
         rate = round((low + high) / 2)
-        r = probe(lab, rate, kind, args.seconds)
+        r = probe(lab, rate, kind, args.seconds, srs)
         log.append(r)
         if r["ok"]:
             best, low = r, rate
@@ -209,7 +243,7 @@ def search(lab: Lab, kind: str, args: argparse.Namespace, log: list[dict[str, An
         return {"max_rate": 0, "first_failure": high}
     passes = [best]
     for _ in range(args.repeat - 1):  # the end point again: median of the repeats
-        r = probe(lab, low, kind, args.seconds)
+        r = probe(lab, low, kind, args.seconds, srs)
         log.append(r)
         passes.append(r)
     held = sum(p["ok"] for p in passes)
@@ -229,6 +263,8 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3, help="runs at each end point (median)")
     ap.add_argument("--dir", type=Path, default=default_dir() / "bench" / "lab")
     ap.add_argument("--out", type=Path, default=default_dir() / "bench" / "e2e_load.json")
+    ap.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
+                    help="also search (b) with the reference SRS (siprecctl srs)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     site = sized_site(args.max)
@@ -236,23 +272,30 @@ def main() -> int:
     t0 = time.time()
     log: list[dict[str, Any]] = []
     lab.up()
+    reference: dict[str, Any] | None = None
     try:
+        use_srs(lab, "sipp")
         plain = search(lab, "plain", args, log)
         recorded = search(lab, "recorded", args, log)
         half = max(1.0, round(recorded["max_rate"] / 2))
         run = place_calls(lab, calls=int(half * args.seconds), rate=half, duration=CALL_S,
                           label=f"bench latency at {half:g}", settle=30)
         rep = run_report(lab.dir, run, Path(lab.site.controller.store))
+        quiet(lab)
+        if args.reference:
+            use_srs(lab, "reference")
+            reference = search(lab, "recorded", args, log, srs="reference")
     finally:
         lab.down()
     summary = {
         "machine": machine(), "when": time.strftime("%Y-%m-%d %H:%M", time.localtime(t0)),
         "minutes": round((time.time() - t0) / 60, 1), "seconds": args.seconds,
-        "call_s": CALL_S, "rtp": False, "srs": "reference SRS (siprecctl srs) x2",
+        "call_s": CALL_S, "rtp": False,
+        "srs": "sipp srs_uas.xml on srs1 and srs2 (hunt: srs1 takes the sessions)",
         "sizing": {"rtp_ports": site.media.nodes[0].ports.port_max
                    - site.media.nodes[0].ports.port_min + 1,
                    "shm_mb": site.edges[0].shm_mb, "for_rate": args.max},
-        "plain": plain, "recorded": recorded,
+        "plain": plain, "recorded": recorded, "recorded_reference_srs": reference,
         "ratio": round(recorded["max_rate"] / plain["max_rate"], 2) if plain["max_rate"]
         else None,
         "latency_at_half": {"rate": half, "calls": rep["calls"]["answered"],
@@ -275,6 +318,9 @@ def main() -> int:
                   f"(first failure at {res.get('first_failure')}; end point held "
                   f"{res.get('repeats_passed')})")
         print(f"ratio recorded/plain: {summary['ratio']}")
+        if reference:
+            print(f"recorded with the reference SRS: max {reference['max_rate']:g} calls/s "
+                  f"(end point held {reference.get('repeats_passed')})")
         lat = summary["latency_at_half"]
         print(f"set-up latency at {half:g} calls/s: p50 {lat['p50']} ms, p95 {lat['p95']} ms,"
               f" p99 {lat['p99']} ms ({lat['established']} of {lat['calls']} recorded)")
