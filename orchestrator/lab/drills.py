@@ -27,7 +27,7 @@ from typing import Any
 
 from ..errors import LabError
 from . import netns
-from .hosts import Lab, proc_alive, srs_uris
+from .hosts import NETNS_SRS_RTP, Lab, proc_alive, srs_uris
 from .load import place_calls
 from .report import run_report, srs_records
 
@@ -418,7 +418,7 @@ def rtp_loss(lab: Lab, res: DrillResult) -> None:
     if plan is None:
         raise LabError("rtp-loss needs the hosts in network namespaces (lab up as root)")
     clock = _Clock(res)
-    low, high = 40000, 40999  # srs1's RTP ports (hosts.NETNS_SRS_RTP)
+    low, high = NETNS_SRS_RTP  # srs1's RTP ports
     netns.set_loss(plan, "srs1", 5, low, high)
     clock.note(f"5 % of the UDP packets to srs1 ports {low}-{high} dropped (nftables)")
     try:
