@@ -122,7 +122,8 @@ def _orphans_and_duplicates(lab: Lab, run: dict[str, Any]) -> tuple[list[str], l
                 r = records.get(a.rs_call_id)
                 if r is None or not r.get("answered_at"):
                     continue
-                if r.get("end_reason") == "shutdown" and r.get("bye_from") is None:
+                # the SRS ends what is open when it stops: "server stopped", no BYE
+                if r.get("end_reason") == "server stopped" and r.get("bye_from") is None:
                     orphans.append(f"{cid} on {r['srs']}")
                 spans.setdefault(s.slot, []).append((r["answered_at"],
                                                      r.get("ended_at") or time.time()))
