@@ -793,6 +793,7 @@ class Controller:
         """Gather (I/O, this thread), then apply on the core loop."""
         link = self.edges[edge]
         counts = {"adopted": 0, "closed": 0, "restarted": 0, "started": 0}
+        listed_at = time.time()
         try:
             live = self._dialogs(link)
         except KamailioError as exc:
@@ -817,6 +818,14 @@ class Controller:
             try:
                 for call_id, sessions in stored.items():
                     if call_id in self.cores:
+                        running = self.cores[call_id]
+                        if call_id not in live and running.live and \
+                                running.record.answered_at < listed_at:
+                            # the edge no longer has the dialog (it restarted, dialogs are
+                            # in its memory): the call is over as far as recording goes
+                            out += self._run_core(running, CallEnded(
+                                edge, call_id, listed_at, by="edge"), now)
+                            counts["closed"] += len(sessions)
                         continue
                     ev = live.get(call_id)
                     if ev is None:

@@ -20,6 +20,7 @@ from typing import Any
 
 from ..errors import LabError
 from ..recordings import check_metafile
+from ..render import Rendered
 from ..render.check import check_kamailio, check_rtpengine_config
 from ..site.model import Site
 from . import sipp
@@ -80,20 +81,7 @@ def run_lab(site: Site, workdir: Path, *, calls: int = 3, duration_ms: int = 200
     edge = site.edges[0]
     srs_cfgs = local_srs(site, workdir)
     stack = LabStack(site, workdir, srs=srs_cfgs, controller=bool(srs_cfgs))
-    files = stack.render()
-    cfgdir = stack.cfgdir
-    checks = []
-    for r in files:
-        if r.kind == "kamailio":
-            fs = check_kamailio(cfgdir / r.path, r.owner)
-        elif r.kind == "rtpengine":
-            fs = [check_rtpengine_config(cfgdir / r.path, r.owner)]
-        else:
-            continue
-        bad = [f for f in fs if not f.ok]
-        if bad:
-            raise LabError("config check failed:\n" + "\n".join(f.format() for f in bad))
-        checks += [f.format() for f in fs]
+    checks = check_rendered(stack.render(), stack.cfgdir)
 
     cwd = sipp.workdir(workdir / "sipp")
     uas = None
@@ -130,6 +118,25 @@ def run_lab(site: Site, workdir: Path, *, calls: int = 3, duration_ms: int = 200
         stack.stop()
     return LabReport(site.name, str(workdir), checks, results, sipp_exit,
                      round(time.monotonic() - t0, 1))
+
+
+def check_rendered(files: list[Rendered], cfgdir: Path) -> list[str]:
+    """Check the rendered configs with the daemons themselves (``kamailio -c``,
+    rtpengine's option parser); a :class:`LabError` naming every failure, else the
+    findings as lines."""
+    checks: list[str] = []
+    for r in files:
+        if r.kind == "kamailio":
+            fs = check_kamailio(cfgdir / r.path, r.owner)
+        elif r.kind == "rtpengine":
+            fs = [check_rtpengine_config(cfgdir / r.path, r.owner)]
+        else:
+            continue
+        bad = [f for f in fs if not f.ok]
+        if bad:
+            raise LabError("config check failed:\n" + "\n".join(f.format() for f in bad))
+        checks += [f.format() for f in fs]
+    return checks
 
 
 def local_srs(site: Site, workdir: Path) -> list[SrsConfig]:

@@ -400,6 +400,40 @@ class Security(Strict):
                     "secrets (created 0700; files 0600)")
 
 
+# ---------------------------------------------------------------------------- lab
+IFNAME_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
+
+
+def _ifname_part(v: str) -> str:
+    if not IFNAME_RE.match(v):
+        raise _err("ifname", "'{v}' is not usable in an interface or namespace name "
+                   "(expected 1-8 lower-case letters or digits, starting with a letter)", v=v)
+    return v
+
+
+def _lab_subnet(v: str) -> str:
+    try:
+        net = ipaddress.IPv4Network(v)
+    except ValueError:
+        raise _err("subnet", "'{v}' is not an IPv4 network (expected e.g. 198.18.0.0/24)",
+                   v=v) from None
+    if not net.is_private or net.prefixlen > 29:
+        raise _err("subnet", "'{v}' must be a private network of at least 8 addresses (the "
+                   "lab's default is 198.18.0.0/24, RFC 2544's benchmarking range)", v=v)
+    return str(net)
+
+
+class Lab(Strict):
+    """Where ``siprecctl lab`` puts its hosts: one network namespace each on a bridge of
+    the lab's own (only the lab uses this section; it does not change rendered configs)."""
+
+    subnet: Annotated[str, AfterValidator(_lab_subnet)] = "198.18.0.0/24"
+    bridge: Annotated[str, AfterValidator(_ifname_part)] = Field(
+        "slab0", description="the bridge, in the lab's own switch namespace")
+    netns_prefix: Annotated[str, AfterValidator(_ifname_part)] = Field(
+        "slab", description="namespaces <prefix>-caller, -callee, -edge, -srs1, -srs2, -sw")
+
+
 # ---------------------------------------------------------------------------- site
 class Site(Strict):
     """A whole deployment: edges, media nodes, recording policy, controller."""
@@ -411,6 +445,7 @@ class Site(Strict):
     recording: Recording = Field(default_factory=Recording)
     controller: Controller = Field(default_factory=Controller)
     security: Security = Field(default_factory=Security)
+    lab: Lab = Field(default_factory=Lab)
 
     # Errors found by _cross_checks carry their own key path: (path, message).
     @model_validator(mode="after")
