@@ -74,11 +74,12 @@ def _check_mode(path: Path, st: os.stat_result) -> None:
 
 def check_owner_only(path: str | Path) -> None:
     """A :class:`SecretError` when ``path`` exists and is not an owner-only regular file
-    (a missing file is fine: ``siprecctl render --secrets`` creates it)."""
+    (a missing file is fine: ``siprecctl render --secrets`` creates it; one this user may
+    not even look at is checked where it is used, by :func:`load_secret`)."""
     path = Path(path)
     try:
         st = os.lstat(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, PermissionError):
         return
     except OSError as exc:
         raise SecretError(f"{path}: cannot stat: {exc.strerror}") from None
