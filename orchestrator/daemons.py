@@ -17,7 +17,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from .errors import LabError
@@ -90,13 +90,16 @@ class Daemon:
     (default ``<workdir>/<name>.log``); ``workdir`` is also its working directory.
 
     Readiness is :meth:`ready`: subclasses override it, or pass ``ready`` (a probe
-    returning True once the process serves).
+    returning True once the process serves). ``env``: variables added to the inherited
+    environment (what a unit's ``EnvironmentFile=`` gives the daemon).
     """
 
     name = "daemon"
 
     def __init__(self, argv: Sequence[str], workdir: Path, *, name: str | None = None,
-                 log_path: Path | None = None, ready: Callable[[], bool] | None = None) -> None:
+                 log_path: Path | None = None, ready: Callable[[], bool] | None = None,
+                 env: Mapping[str, str] | None = None) -> None:
+        self.env = dict(env) if env else None
         if name is not None:
             self.name = name
         self.argv = list(argv)
@@ -112,7 +115,8 @@ class Daemon:
         log = open(self.log_path, "ab")
         try:
             self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+                                         stdin=subprocess.DEVNULL, start_new_session=True,
+                                         env={**os.environ, **self.env} if self.env else None)
         except OSError as exc:
             raise LabError(f"cannot start {self.name}: {exc}") from exc
         finally:
@@ -194,14 +198,14 @@ class Rtpengine(Daemon):
     name = "rtpengine"
 
     def __init__(self, config: Path | None, workdir: Path, *, ng: tuple[str, int],
-                 overrides: Sequence[str] = ()) -> None:
+                 overrides: Sequence[str] = (), env: Mapping[str, str] | None = None) -> None:
         self.ng_address = ng
         argv = [RTPENGINE_BIN, f"--config-file={config or 'none'}", "--foreground",
                 "--log-stderr", f"--pidfile={Path(workdir) / 'rtpengine.pid'}"]
         if config is None:
             argv += ["--table=-1", f"--listen-ng={ng[0]}:{ng[1]}"]
         argv += list(overrides)
-        super().__init__(argv, workdir)
+        super().__init__(argv, workdir, env=env)
 
     def ready(self) -> bool:
         return ng_ping(*self.ng_address, timeout=0.2)

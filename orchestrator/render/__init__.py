@@ -7,6 +7,7 @@ output directory::
     kamailio/<edge>/kamailio.cfg
     kamailio/<edge>/kamcli.ini
     rtpengine/<node>/rtpengine.conf
+    redis/redis.conf          (with a top-level ``redis`` section: the server's siprecctl part)
     systemd/siprecctl-{kamailio-<edge>,rtpengine-<node>,controller}.service  (:mod:`.systemd`)
     render-manifest.json
 
@@ -30,9 +31,13 @@ from ..site.model import Rule, Site
 from .systemd import render_units
 
 MANIFEST = "render-manifest.json"
+# Keyspace notifications rtpengine 10.5 mirrors peers' calls from (redis.c
+# on_redis_notification: "set" and "del" on __keyspace@<db>__): K the keyspace channel,
+# $ string commands (SET), g generic ones (DEL, EXPIRE). rtpengine never enables them.
+NOTIFY_KEYSPACE_EVENTS = "Kg$"
 _HOSTPORT_RE = re.compile(r"^sips?:(?:[^@]*@)?(?P<host>\[[^\]]+\]|[^:;?]+)(?::(?P<port>[0-9]+))?")
 
-__all__ = ["MANIFEST", "Rendered", "ensure_secrets", "render_site", "stale_diff",
+__all__ = ["MANIFEST", "NOTIFY_KEYSPACE_EVENTS", "Rendered", "ensure_secrets", "render_site", "stale_diff",
            "templates_dir", "write"]
 
 
@@ -42,7 +47,7 @@ class Rendered:
 
     path: str
     content: str
-    kind: str  # kamailio | kamcli | rtpengine | systemd | manifest
+    kind: str  # kamailio | kamcli | rtpengine | redis | systemd | manifest
     owner: str  # edge or node name, "controller" ("" for the manifest)
 
     @property
@@ -148,10 +153,18 @@ def render_site(site: Site) -> list[Rendered]:
                                 "kamailio", edge.name))
             out.append(Rendered(f"kamailio/{edge.name}/kamcli.ini", kamcli.render(ctx),
                                 "kamcli", edge.name))
+        redis_env = str(site_secrets.rtpengine_redis_env_path(site))
         for node in site.media.nodes:
+            peer_dbs = [site.node(p).redis.db for p in node.redis.peers  # type: ignore[union-attr]
+                        ] if node.redis else []
             out.append(Rendered(f"rtpengine/{node.name}/rtpengine.conf",
-                                rtp.render(site=site, node=node, source_digest=digest),
+                                rtp.render(site=site, node=node, source_digest=digest,
+                                           peer_dbs=peer_dbs, redis_env=redis_env),
                                 "rtpengine", node.name))
+        if site.redis is not None:
+            out.append(Rendered("redis/redis.conf", env.get_template("redis/redis.conf.j2").render(
+                site=site, source_digest=digest, notify_keyspace_events=NOTIFY_KEYSPACE_EVENTS,
+                acl_include=str(site_secrets.redis_acl_path(site))), "redis", "redis"))
         for unit in render_units(site, digest):
             out.append(Rendered(f"systemd/{unit.name}",
                                 env.get_template(unit.template).render(unit.context),
@@ -270,4 +283,16 @@ def ensure_secrets(site: Site) -> list[str]:
         path, changed = site_secrets.write_kamailio_include(site, edge.name, sec)
         if changed:
             done.append(f"wrote {path} (restart Kamailio of edge {edge.name} to use it)")
+    if site.redis is not None:
+        path = Path(site.redis_auth_file)
+        password, created = site_secrets.ensure_secret(path)
+        if created:
+            done.append(f"created the Redis password {path}")
+        acl = site_secrets.redis_acl_path(site)
+        if site_secrets.write_private(acl, site_secrets.redis_acl(password)):
+            done.append(f"wrote {acl} (restart redis-server to use it)")
+        if any(n.redis for n in site.media.nodes):
+            envf = site_secrets.rtpengine_redis_env_path(site)
+            if site_secrets.write_private(envf, site_secrets.rtpengine_redis_env(password)):
+                done.append(f"wrote {envf} (restart the rtpengine nodes to use it)")
     return done

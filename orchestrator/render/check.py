@@ -120,7 +120,12 @@ def loopback_variant(site: Site, workdir: Path) -> Site:
         n["ports"] = {"port_min": base, "port_max": base + 19}
         base += 20
     data["media"]["recording"]["dir"] = str(workdir / "recordings")
-    data["media"].pop("redis", None)  # no Redis is started for a smoke test
+    # no Redis is started for a smoke test: no replication, a single controller
+    data["media"].pop("redis", None)
+    data.pop("redis", None)
+    for n in data["media"]["nodes"]:
+        n.pop("redis", None)
+    data["controller"].pop("instances", None)
     data["controller"]["api"] = {"address": "127.0.0.1", "port": port("tcp")}
     data["security"] = {"secrets_dir": str(workdir / "secrets")}
     return validate_data(data, file="<loopback variant>")

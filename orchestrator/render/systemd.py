@@ -156,9 +156,13 @@ def render_units(site: Site, source_digest: str) -> list[UnitFile]:
         argv = [RTPENGINE_BIN, "--foreground", "--log-stderr", "--no-log-timestamps",
                 f"--config-file={cfg}"]
         span = node.ports.port_max - node.ports.port_min + 1
+        # the Redis password as an environment variable, read by systemd (as root) from
+        # the secrets dir the daemon itself cannot see
+        redis_env = _path(str(site_secrets.rtpengine_redis_env_path(site)),
+                          "security.secrets_dir") if node.redis else ""
         units.append(UnitFile(unit_name("rtpengine", node.name),
                               "systemd/rtpengine.service.j2", node.name, dict(
-            common, node=node, exec_start=" ".join(argv),
+            common, node=node, exec_start=" ".join(argv), redis_env=redis_env,
             writable=_writable(rec, "rtpengine"), secrets_dir=secrets_dir,
             # a socket per RTP and RTCP port of the range, and room for control connections
             nofile=max(65536, 2 * span + 4096),

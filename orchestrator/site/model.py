@@ -21,6 +21,9 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from ..errors import SecretError
+from . import secrets as site_secrets
+
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 # RFC 3261 §25.1 token, used for header names
 TOKEN_RE = re.compile(r"^[A-Za-z0-9.!%*_+`'~-]+$")
@@ -232,6 +235,19 @@ class PortRange(Strict):
         return self
 
 
+class NodeRedis(Strict):
+    """The node's Redis replication (rtpengine ``redis``, ``subscribe-keyspace``,
+    ``redis-expires``; README "Scaling out"): the node writes every call it handles to its
+    own database ``db``, and mirrors the calls of its ``peers`` (their databases, through
+    keyspace notifications) as foreign calls it can carry on when a peer is lost."""
+
+    db: int = Field(ge=0, le=15, description="the node's own Redis database (its calls)")
+    peers: list[Name] = Field(default_factory=list, max_length=16, description="nodes of the "
+                              "same set whose calls this node mirrors")
+    expires: int = Field(86400, ge=60, le=604800, description="seconds a call's key lives "
+                         "in Redis without an update (redis-expires)")
+
+
 class MediaNode(Strict):
     """One rtpengine instance."""
 
@@ -246,12 +262,17 @@ class MediaNode(Strict):
     interfaces: list[Interface] = Field(min_length=1, max_length=16)
     ports: PortRange
     threads: int = Field(0, ge=0, le=256, description="0: one per core")
+    redis: NodeRedis | None = Field(None, description="Redis replication (needs the "
+                                    "top-level redis section)")
 
 
-class Redis(Strict):
-    address: PrivateIP
-    port: Port = 6379
-    db: int = Field(1, ge=0, le=15)
+class LegacyMediaRedis(Strict):
+    """The former ``media.redis`` (one database for every node): refused with a pointer to
+    the top-level ``redis`` section and ``media.nodes[].redis``."""
+
+    address: str
+    port: int = 6379
+    db: int = 1
 
 
 class Timeouts(Strict):
@@ -275,7 +296,8 @@ class Media(Strict):
     recording: MediaRecording = Field(default_factory=MediaRecording)
     delete_delay: int = Field(30, ge=0, le=3600)
     timeouts: Timeouts = Field(default_factory=Timeouts)
-    redis: Redis | None = None
+    redis: LegacyMediaRedis | None = Field(None, description="replaced by the top-level "
+                                           "redis section and media.nodes[].redis")
 
 
 # ---------------------------------------------------------------------------- recording
@@ -390,6 +412,19 @@ class Controller(Strict):
                              "for set-up beyond which new ones are shed")
 
 
+# ---------------------------------------------------------------------------- redis
+class RedisServer(Strict):
+    """The site's Redis server (Debian redis-server 7.0): rtpengine's call replication and
+    the controller pair's shared state. Authenticated always: the password is in
+    ``auth_file`` (owner-only; ``siprecctl render --secrets`` creates it)."""
+
+    address: PrivateIP
+    port: Port = 6379
+    auth_file: AbsPath | None = Field(None, description="owner-only file holding the "
+                                      "password (default <secrets_dir>/redis.secret)")
+    controller_db: int = Field(0, ge=0, le=15, description="the controller pair's database")
+
+
 # ---------------------------------------------------------------------------- security
 class Security(Strict):
     """Where siprecctl keeps the secrets it generates (README "Security")."""
@@ -446,6 +481,8 @@ class Site(Strict):
     controller: Controller = Field(default_factory=Controller)
     security: Security = Field(default_factory=Security)
     lab: Lab = Field(default_factory=Lab)
+    redis: RedisServer | None = Field(None, description="required by more than one "
+                                      "controller instance and by node replication")
 
     # Errors found by _cross_checks carry their own key path: (path, message).
     @model_validator(mode="after")
@@ -463,6 +500,13 @@ class Site(Strict):
 
     def srs_group(self, name: str) -> SrsGroup:
         return next(g for g in self.recording.srs_groups if g.name == name)
+
+    @property
+    def redis_auth_file(self) -> str:
+        """The Redis password file (``redis.auth_file``, else in ``secrets_dir``)."""
+        if self.redis is not None and self.redis.auth_file:
+            return self.redis.auth_file
+        return f"{self.security.secrets_dir.rstrip('/')}/redis.secret"
 
 
 def _dupes(items: list[Any], attr: str, base: str) -> list[tuple[str, str]]:
@@ -550,6 +594,7 @@ def _cross_checks(site: Site) -> list[tuple[str, str]]:
                           f" ({m.ports.port_min}-{m.ports.port_max}) on {sorted(shared)[0]}"))
     p += _listener_conflicts(site)
     p += _dupes(site.controller.api.tokens, "name", "controller.api.tokens")
+    p += _redis_checks(site)
     # nothing siprecctl writes may land in a recording directory
     rec = site.media.recording.dir.rstrip("/") + "/"
     for path, what in (("security.secrets_dir", site.security.secrets_dir),
@@ -557,6 +602,64 @@ def _cross_checks(site: Site) -> list[tuple[str, str]]:
         if (what.rstrip("/") + "/").startswith(rec):
             p.append((path, f"'{short(what)}' is inside the recording directory "
                       f"{site.media.recording.dir}: siprecctl never writes there"))
+    return p
+
+
+def _redis_checks(site: Site) -> list[tuple[str, str]]:
+    """Redis and replication: who needs Redis, which databases, which peers."""
+    p: list[tuple[str, str]] = []
+    if site.media.redis is not None:
+        p.append(("media.redis", "media.redis is replaced by the top-level redis section "
+                  "(address, port, auth_file) and media.nodes[].redis (db, peers) per node: "
+                  "rtpengine writes every call of a node to its own database, so nodes must "
+                  "not share one"))
+    nodes = {n.name: (i, n) for i, n in enumerate(site.media.nodes)}
+    if len(site.controller.instances) > 1 and site.redis is None:
+        p.append(("controller.instances", f"{len(site.controller.instances)} controller "
+                  "instances need the top-level redis section (their shared state and the "
+                  "leader lease)"))
+    dbs: dict[int, str] = {}
+    if site.redis is not None:
+        dbs[site.redis.controller_db] = "redis.controller_db"
+    for ni, n in enumerate(site.media.nodes):
+        if n.redis is None:
+            continue
+        where = f"media.nodes[{ni}].redis"
+        if site.redis is None:
+            p.append((where, "node replication needs the top-level redis section (address, "
+                      "port, auth_file)"))
+        if n.redis.db in dbs:
+            p.append((f"{where}.db", f"database {n.redis.db} is already used by "
+                      f"{dbs[n.redis.db]}"))
+        else:
+            dbs[n.redis.db] = f"media.nodes[{ni}].redis.db"
+        for pi, peer in enumerate(n.redis.peers):
+            at = f"{where}.peers[{pi}]"
+            if peer == n.name:
+                p.append((at, f"node '{peer}' cannot mirror itself"))
+            elif peer not in nodes:
+                p.append((at, f"unknown node '{peer}' (defined: {', '.join(nodes)})"))
+            elif nodes[peer][1].set != n.set:
+                p.append((at, f"node '{peer}' is in set {nodes[peer][1].set}, not in set "
+                          f"{n.set}: replication only between nodes of one set (Kamailio "
+                          f"sends a call's later commands to its set)"))
+            elif nodes[peer][1].redis is None:
+                p.append((at, f"node '{peer}' has no redis.db: it writes no calls to mirror"))
+            else:
+                # a foreign call is restored on the interface of the same name (rtpengine
+                # 10.5 redis.c: "logical interface not known" otherwise)
+                missing = {i.name for i in nodes[peer][1].interfaces} - \
+                    {i.name for i in n.interfaces}
+                if missing:
+                    p.append((at, f"node '{peer}' has interface(s) {', '.join(sorted(missing))}"
+                              f" that this node lacks: its calls could not be restored here"))
+        p += [(f"{where}.peers", f"peer '{x}' listed twice")
+              for x in sorted({x for x in n.redis.peers if n.redis.peers.count(x) > 1})]
+    if site.redis is not None:
+        try:
+            site_secrets.check_owner_only(site.redis_auth_file)
+        except SecretError as exc:
+            p.append(("redis.auth_file" if site.redis.auth_file else "redis", str(exc)))
     return p
 
 

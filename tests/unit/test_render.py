@@ -51,7 +51,7 @@ def test_layout_per_edge_and_node() -> None:
         "kamailio/edge-a/kamailio.cfg", "kamailio/edge-a/kamcli.ini",
         "kamailio/edge-b/kamailio.cfg", "kamailio/edge-b/kamcli.ini",
         "rtpengine/rtp-a1/rtpengine.conf", "rtpengine/rtp-a2/rtpengine.conf",
-        "rtpengine/rtp-b1/rtpengine.conf",
+        "rtpengine/rtp-b1/rtpengine.conf", "redis/redis.conf",
         "systemd/siprecctl-kamailio-edge-a.service", "systemd/siprecctl-kamailio-edge-b.service",
         "systemd/siprecctl-rtpengine-rtp-a1.service", "systemd/siprecctl-rtpengine-rtp-a2.service",
         "systemd/siprecctl-rtpengine-rtp-b1.service", "systemd/siprecctl-controller.service",
