@@ -84,7 +84,7 @@ from .messages import (
     Tick,
     Unsubscribe,
 )
-from .metrics import Metrics
+from .metrics import LedgerMonitor, Metrics
 from .selection import SrsProber, SrsSelector
 from .session import RecordingSession
 from .store import SessionStore
@@ -156,6 +156,7 @@ class Controller:
         self.site = site
         self.metrics = Metrics()
         self.store = store if store is not None else SessionStore(site.controller.store)
+        self.ledger = LedgerMonitor(site, self.metrics, self.store)  # completeness gauges
         self.pool = NodePool.from_site(site)
         self.groups = {g.name: g for g in site.recording.srs_groups}
         self.selector = SrsSelector(self.groups)
@@ -223,6 +224,7 @@ class Controller:
         if reconcile:
             self.reconcile()
         self._started = True
+        self.ledger.start()
 
     def close(self) -> None:
         self._started = False
@@ -234,6 +236,7 @@ class Controller:
         if self._loop_thread is not None:
             self._loop_thread.join(5.0)
         self._io.shutdown()
+        self.ledger.stop()
         for link in self.edges.values():
             link.rpc.close()
         self.pool.close()

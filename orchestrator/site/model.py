@@ -390,6 +390,20 @@ class Security(Strict):
                     "secrets (created 0700; files 0600)")
 
 
+# ---------------------------------------------------------------------------- accounting
+class Accounting(Strict):
+    """The edges' own call records (Kamailio ``acc``; README "Audit")."""
+
+    dir: AbsPath = Field(
+        "/var/log/siprecctl/accounting",
+        description="each edge appends its call records to <dir>/<edge>/calls_<process>.log "
+                    "(create <dir>/<edge> writable by Kamailio only, mode 0750 or 0700)")
+
+    def edge_dir(self, edge: str) -> str:
+        """The directory of one edge's records (its ``calls_<process>.log`` files)."""
+        return f"{self.dir.rstrip('/')}/{edge}"
+
+
 # ---------------------------------------------------------------------------- site
 class Site(Strict):
     """A whole deployment: edges, media nodes, recording policy, controller."""
@@ -401,6 +415,7 @@ class Site(Strict):
     recording: Recording = Field(default_factory=Recording)
     controller: Controller = Field(default_factory=Controller)
     security: Security = Field(default_factory=Security)
+    accounting: Accounting = Field(default_factory=Accounting)
 
     # Errors found by _cross_checks carry their own key path: (path, message).
     @model_validator(mode="after")
@@ -502,10 +517,20 @@ def _cross_checks(site: Site) -> list[tuple[str, str]]:
     # nothing siprecctl writes may land in a recording directory
     rec = site.media.recording.dir.rstrip("/") + "/"
     for path, what in (("security.secrets_dir", site.security.secrets_dir),
-                       ("controller.store", site.controller.store)):
+                       ("controller.store", site.controller.store),
+                       ("accounting.dir", site.accounting.dir)):
         if (what.rstrip("/") + "/").startswith(rec):
             p.append((path, f"'{short(what)}' is inside the recording directory "
                       f"{site.media.recording.dir}: siprecctl never writes there"))
+    acc = site.accounting.dir.rstrip("/") + "/"
+    if acc.startswith(site.security.secrets_dir.rstrip("/") + "/"):
+        p.append(("accounting.dir", f"'{short(site.accounting.dir)}' is inside "
+                  f"security.secrets_dir: Kamailio writes the call records, and nothing but "
+                  "siprecctl's secrets belongs there"))
+    if rec.startswith(acc):
+        p.append(("accounting.dir", f"the recording directory {site.media.recording.dir} is "
+                  f"inside '{short(site.accounting.dir)}': keep the call records apart from "
+                  "the recordings"))
     return p
 
 
