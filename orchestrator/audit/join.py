@@ -200,19 +200,21 @@ def _siprec(e: LedgerEntry, call_id: str, facts: ControllerFacts, window_end: fl
         if s.srs:
             per_srs.setdefault(s.srs, []).extend(mine)
     covered = _norm(covered)
-    total = _length(need)
-    e.coverage = round(_length(covered) / total, 4) if total > 0 else 1.0
-    e.srs_coverage = {u: round(_length(_norm(xs)) / total, 4) if total > 0 else 1.0
-                      for u, xs in sorted(per_srs.items())}
+    excused: list[Interval] = []  # set-up latency: counted as covered
     for g in _subtract(need, covered):
         reasons, detail = _gap_reason(g, losses)
-        if not reasons and g[1] - g[0] < opts.allowance:
-            continue  # set-up latency
+        if covered and not reasons and g[1] - g[0] < opts.allowance:
+            excused.append(g)
+            continue
         e.gaps.append(Gap(", ".join(reasons) or "unexplained", round(g[1] - g[0], 3), g[0],
                           detail=detail))
+    total = _length(need)
+    e.coverage = round(_length(covered + excused) / total, 4) if total > 0 else 1.0
+    e.srs_coverage = {u: round(_length(_norm(xs)) / total, 4) if total > 0 else 1.0
+                      for u, xs in sorted(per_srs.items())}
     ratios = [m.ratio for s in e.sessions for m in s.media if m.ratio is not None]
     e.media_ratio = min(ratios) if ratios else None
-    if not covered:
+    if not covered and total > 0:
         why = [x.reason for x in losses if x.seconds > 0 or x.session_id is None]
         e.reasons.extend(dict.fromkeys(why) or ["no recording session"])
         return

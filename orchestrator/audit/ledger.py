@@ -15,7 +15,7 @@ from enum import StrEnum
 from typing import Any
 
 __all__ = ["LEDGER_SCHEMA", "SCHEMA_VERSION", "Gap", "LedgerEntry", "LocalEntry", "Policy",
-           "SessionEntry", "StreamMedia", "Verdict"]
+           "SessionEntry", "StreamMedia", "Verdict", "reason_key"]
 
 SCHEMA_VERSION = 1
 
@@ -25,6 +25,15 @@ class Verdict(StrEnum):
     GAPS = "recorded-with-gaps"  # recorded, with seconds (or streams, or a copy) missing
     MISSING = "missing"  # the policy wanted a recording and none exists
     NOT_REQUIRED = "not-required"  # the policy did not ask for a recording
+
+
+def reason_key(text: str) -> str:
+    """A reason as a label: without its numbers and addresses (``srs_lost 3.1 s`` →
+    ``srs_lost``; ``media 83.4% at sip:… label 1 (callee) < 99%`` → ``media (callee)``)."""
+    head = text.split(": ")[0]
+    words = [w for w in head.split() if not any(c.isdigit() for c in w)
+             and w not in ("s", "<", "at", "label")]
+    return " ".join(words) or head
 
 
 @dataclass

@@ -25,6 +25,7 @@ from ..audit import (
     Verdict,
     build_entry,
 )
+from ..audit.ledger import reason_key
 from ..errors import MetadataError, SiprecctlError
 from ..siprec import parse_metadata
 from ..site.model import Site
@@ -180,6 +181,7 @@ class LedgerMonitor:
         self._store = store
         self._own: SessionStore | None = None
         self._mark = time.time() - lookback  # store calls answered after this are new
+        self._at_mark: set[str] = set()  # calls answered exactly at the mark, seen
         self._pending: dict[str, float] = {}  # call-id -> answered
         self._edge: dict[str, EdgeCall] = {}
         self._readers = [IncrementalEdgeReader(Path(site.accounting.edge_dir(e.name)))
@@ -230,9 +232,13 @@ class LedgerMonitor:
                     c.answered = c.answered or rec
                 else:
                     c.ended = c.ended or rec
-        for r in store.calls(self._mark):
+        rows = [r for r in store.calls(self._mark) if r["call_id"] not in self._at_mark]
+        for r in rows:
             self._pending[r["call_id"]] = r["answered"]
-            self._mark = max(self._mark, r["answered"])
+        top = max((r["answered"] for r in rows), default=self._mark)
+        if top > self._mark:
+            self._mark, self._at_mark = top, set()
+        self._at_mark |= {r["call_id"] for r in rows if r["answered"] == self._mark}
         done: list[LedgerEntry] = []
         for cid in sorted(set(self._pending) | set(self._edge)):
             edge = self._edge.get(cid)
@@ -255,7 +261,7 @@ class LedgerMonitor:
         m, site = self.metrics, self.site.name
         group = e.policy.siprec or "-"
         m.ledger_calls.labels(site, e.edge, group, e.verdict.value).inc()
-        why = [g.reason for g in e.gaps] or [r.split(" ")[0] for r in e.reasons
+        why = [g.reason for g in e.gaps] or [reason_key(r) for r in e.reasons
                                              if r != "no edge record"]
         for reason in dict.fromkeys(why):
             if e.verdict is Verdict.MISSING:
