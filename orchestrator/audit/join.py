@@ -23,7 +23,6 @@ from .records import EdgeCall
 __all__ = ["SETUP_ALLOWANCE", "AuditOptions", "build_entry", "build_ledger", "paused_intervals"]
 
 SETUP_ALLOWANCE = 1.0  # seconds (the controller counts a set-up later than 1 s as a loss)
-LOSS_SLACK = 1.0  # a loss's interval is known from its close time and length, to ~1 s
 CONTROLLER_DOWN = "controller down"
 
 Interval = tuple[float, float]
@@ -123,13 +122,16 @@ def _local(wanted: bool, found: list[LocalRecording] | None, ended: float | None
 
 
 def _gap_reason(g: Interval, losses: list[ControllerLoss]) -> tuple[list[str], str]:
+    """The losses that explain the uncovered stretch ``g``: a loss spans [ts - seconds, ts]
+    (``ts`` may lag its true end by the controller's processing delay), so it explains
+    ``g`` when they overlap by at least half the shorter of the two."""
     reasons: list[str] = []
     details: list[str] = []
     for x in losses:
         if x.seconds <= 0:
             continue
-        lo, hi = x.ts - x.seconds - LOSS_SLACK, x.ts + LOSS_SLACK
-        if lo < g[1] and g[0] < hi and x.reason not in reasons:
+        overlap = min(x.ts, g[1]) - max(x.ts - x.seconds, g[0])
+        if overlap >= 0.5 * min(x.seconds, g[1] - g[0]) and x.reason not in reasons:
             reasons.append(x.reason)
             details.append(x.detail)
     return reasons, "; ".join(details)

@@ -119,6 +119,11 @@ CASES: dict[str, tuple[Case, Callable[[LedgerEntry], Any]]] = {
                    e.srs_coverage, [g.reason for g in e.sessions[0].gaps])
         == (Verdict.GAPS, [("srs_lost", 3.1)], ["srs_lost 3.1 s", "coverage 94.8% < 99%"],
             {SRS_A: 0.3162, SRS_B: 0.6317}, ["srs_lost"])),
+    "an early loss does not claim the set-up latency": (
+        Case(sessions=[session(until=T0 + 0.7, state="failed"),
+                       session("s2", srs=SRS_B, est=T0 + 3.8, rs=("rs-2",))],
+             losses=[loss("srs_lost", 3.1, T0 + 3.8, sid="s2")]),
+        lambda e: [(g.reason, g.seconds) for g in e.gaps] == [("srs_lost", 3.1)]),
     "a gap no loss explains is 'unexplained'": (
         Case(sessions=[session(until=T0 + 30)]),
         lambda e: ([(g.reason, g.seconds) for g in e.gaps], e.verdict)
