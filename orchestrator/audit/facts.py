@@ -46,6 +46,7 @@ class ControllerSession:
     rs_call_ids: tuple[str, ...] = ()
     history: tuple[tuple[float, str, str, str, str], ...] = ()
     labels: dict[str, str] = field(default_factory=dict)
+    attempts: tuple[tuple[str, str], ...] = ()  # (SRS, outcome) of each INVITE, in order
 
 
 @dataclass(frozen=True, slots=True)

@@ -137,6 +137,16 @@ def _gap_reason(g: Interval, losses: list[ControllerLoss]) -> tuple[list[str], s
     return reasons, "; ".join(details)
 
 
+def _setup_reason(sessions: list[ControllerSession], g: Interval) -> tuple[list[str], str]:
+    """A stretch from the answer to the first SRS 2xx that the controller counted as no
+    loss (it counts queueing lag only): SRSs that failed first, or a slow answer."""
+    failed = [f"{srs}: {outcome or 'no outcome'}" for s in sessions
+              for srs, outcome in s.attempts if not outcome.endswith("answered")]
+    if failed:
+        return ["setup_failover"], "; ".join(failed[:3])
+    return ["setup_slow"], f"the first SRS 2xx came {g[1] - g[0]:.2f} s after the answer"
+
+
 def _session(s: ControllerSession, need: list[Interval], window_end: float,
              media_time: float, rx: dict[str, int], losses: list[ControllerLoss],
              srs_counts: Mapping[str, Mapping[str, int]] | None
@@ -161,8 +171,8 @@ def _session(s: ControllerSession, need: list[Interval], window_end: float,
         expected = (received * covered / media_time
                     if received is not None and media_time > 0 else None)
         delivered = counts.get(label) if srs_counts is not None else None
-        ratio = (delivered / expected if delivered is not None and expected
-                 else (None if delivered is None or expected is None else 0.0))
+        ratio = (delivered / expected
+                 if delivered is not None and expected is not None and expected > 0 else None)
         media.append(StreamMedia(label, leg, delivered, received,
                                  None if expected is None else round(expected, 1),
                                  None if ratio is None else round(ratio, 4)))
@@ -208,6 +218,8 @@ def _siprec(e: LedgerEntry, call_id: str, facts: ControllerFacts, window_end: fl
         if covered and not reasons and g[1] - g[0] < opts.allowance:
             excused.append(g)
             continue
+        if not reasons and covered and g[0] <= e.answered:
+            reasons, detail = _setup_reason(sessions, g)
         e.gaps.append(Gap(", ".join(reasons) or "unexplained", round(g[1] - g[0], 3), g[0],
                           detail=detail))
     total = _length(need)

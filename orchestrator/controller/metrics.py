@@ -154,7 +154,8 @@ def ledger_facts(store: SessionStore, *, since: float = 0.0, until: float | None
             media_until=s.media_until, ended=s.ended_at,
             rs_call_ids=tuple(a.rs_call_id for a in s.attempts),
             history=tuple(tuple(h) for h in s.history),  # type: ignore[misc]
-            labels=_labels(s)) for s in store.for_call(cid)]
+            labels=_labels(s), attempts=tuple((a.srs_uri, a.outcome) for a in s.attempts))
+            for s in store.for_call(cid)]
         facts.losses[cid] = [ControllerLoss(
             call_id=cid, session_id=x["session_id"], slot=x["slot"], reason=x["reason"],
             seconds=x["seconds"], detail=x["detail"], ts=x["ts"])

@@ -124,6 +124,16 @@ CASES: dict[str, tuple[Case, Callable[[LedgerEntry], Any]]] = {
                        session("s2", srs=SRS_B, est=T0 + 3.8, rs=("rs-2",))],
              losses=[loss("srs_lost", 3.1, T0 + 3.8, sid="s2")]),
         lambda e: [(g.reason, g.seconds) for g in e.gaps] == [("srs_lost", 3.1)]),
+    "set-up that failed over first: named from the attempts": (
+        Case(sessions=[ControllerSession(
+            "s1", "c1", 0, SRS_B, "closed", "", T0 + 2.0, END, END, ("rs-1", "rs-2"), (),
+            dict(LABELS), ((SRS_A, "no answer in 2 s"), (SRS_B, "200 answered")))]),
+        lambda e: [(g.reason, g.seconds, g.detail) for g in e.gaps]
+        == [("setup_failover", 2.0, f"{SRS_A}: no answer in 2 s")]),
+    "a slow set-up the controller did not count": (
+        Case(sessions=[session(est=T0 + 1.5)]),
+        lambda e: [(g.reason, g.detail) for g in e.gaps]
+        == [("setup_slow", "the first SRS 2xx came 1.50 s after the answer")]),
     "a gap no loss explains is 'unexplained'": (
         Case(sessions=[session(until=T0 + 30)]),
         lambda e: ([(g.reason, g.seconds) for g in e.gaps], e.verdict)
