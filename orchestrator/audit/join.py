@@ -20,10 +20,11 @@ from .facts import ControllerFacts, ControllerLoss, ControllerSession, LocalReco
 from .ledger import Gap, LedgerEntry, LocalEntry, Policy, SessionEntry, StreamMedia, Verdict
 from .records import EdgeCall
 
-__all__ = ["SETUP_ALLOWANCE", "AuditOptions", "build_entry", "build_ledger", "paused_intervals"]
+__all__ = ["MIN_EXPECTED", "SETUP_ALLOWANCE", "AuditOptions", "build_entry", "build_ledger", "paused_intervals"]
 
 SETUP_ALLOWANCE = 1.0  # seconds (the controller counts a set-up later than 1 s as a loss)
 CONTROLLER_DOWN = "controller down"
+MIN_EXPECTED = 50  # packets: below this a stream is judged by its seconds, not its packets
 
 Interval = tuple[float, float]
 
@@ -171,8 +172,9 @@ def _session(s: ControllerSession, need: list[Interval], window_end: float,
         expected = (received * covered / media_time
                     if received is not None and media_time > 0 else None)
         delivered = counts.get(label) if srs_counts is not None else None
-        ratio = (delivered / expected
-                 if delivered is not None and expected is not None and expected > 0 else None)
+        # a few packets' expectation is noise (the rate is not even near a call's edges)
+        ratio = (delivered / expected if delivered is not None and expected is not None
+                 and expected >= MIN_EXPECTED else None)
         media.append(StreamMedia(label, leg, delivered, received,
                                  None if expected is None else round(expected, 1),
                                  None if ratio is None else round(ratio, 4)))

@@ -164,6 +164,10 @@ CASES: dict[str, tuple[Case, Callable[[LedgerEntry], Any]]] = {
         lambda e: (e.verdict, e.below_threshold, e.media_ratio, e.reasons)
         == (Verdict.GAPS, True, 0.8338,
             [f"media 83.4% at {SRS_A} label 1 (callee) < 99%"])),
+    "too few packets expected to judge a stream by them": (
+        Case(sessions=[session(est=END - 0.5)], media=rx(), srs={"rs-1": {"0": 0, "1": 0}}),
+        lambda e: [(m.expected, m.delivered, m.ratio) for m in e.sessions[0].media]
+        == [(25.0, 0, None), (25.0, 0, None)]),
     "local only, recording missing": (
         Case(edge=edge(siprec=None), local=[],
              call=ControllerCall("c1", "edge1", None, 0, "no", "default", True, T0, END)),
