@@ -147,6 +147,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                  "--srs-records", str(work / "srs-b"), "--since",
                  datetime.fromtimestamp(t0 - 1).isoformat(), "--json", "--html", str(html)],
                 capture_output=True, text=True, timeout=600)
+            if out.returncode not in (0, 1):
+                raise SystemExit(f"siprecctl audit exited {out.returncode}: {out.stderr}")
             doc = json.loads(out.stdout)
     finally:
         if srs_a.poll() is None:
@@ -181,7 +183,8 @@ def main() -> int:
         result = run(args, work)
     finally:
         if args.keep:
-            shutil.copytree(work, args.keep, dirs_exist_ok=True)
+            shutil.copytree(work, args.keep, dirs_exist_ok=True, ignore_dangling_symlinks=True,
+                            ignore=shutil.ignore_patterns("*.sock", "pcap"))
         shutil.rmtree(work, ignore_errors=True)
     if args.json:
         print(json.dumps(result, indent=2))
