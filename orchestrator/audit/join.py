@@ -232,6 +232,8 @@ def _siprec(e: LedgerEntry, call_id: str, facts: ControllerFacts, window_end: fl
     e.media_ratio = min(ratios) if ratios else None
     if not covered and total > 0:
         why = [x.reason for x in losses if x.seconds > 0 or x.session_id is None]
+        if not why:  # the controller counted no loss: say what became of its sessions
+            why = [f"no session established ({s.reason})" for s in sessions if s.reason]
         e.reasons.extend(dict.fromkeys(why) or ["no recording session"])
         return
     for gap in e.gaps:

@@ -159,6 +159,12 @@ CASES: dict[str, tuple[Case, Callable[[LedgerEntry], Any]]] = {
     "controller saw it, nothing set up, no loss": (
         Case(),
         lambda e: (e.verdict, e.reasons) == (Verdict.MISSING, ["no recording session"])),
+    "sessions closed unestablished, no loss counted: their fate is the reason": (
+        Case(sessions=[ControllerSession("s1", "c1", 0, SRS_A, "closed",
+                                         "the call ended while the controller was down",
+                                         None, None, END + 5)]),
+        lambda e: (e.verdict, e.reasons) == (Verdict.MISSING, [
+            "no session established (the call ended while the controller was down)"])),
     "media below the threshold": (
         Case(sessions=[session()], media=rx(), srs={"rs-1": {"0": 2998, "1": 2500}}),
         lambda e: (e.verdict, e.below_threshold, e.media_ratio, e.reasons)
