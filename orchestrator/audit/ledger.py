@@ -10,6 +10,7 @@ object, times are Unix seconds, ratios are 0..1 (README "Audit" describes each f
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -30,7 +31,7 @@ class Verdict(StrEnum):
 def reason_key(text: str) -> str:
     """A reason as a label: without its numbers and addresses (``srs_lost 3.1 s`` →
     ``srs_lost``; ``media 83.4% at sip:… label 1 (callee) < 99%`` → ``media (callee)``)."""
-    head = text.split(": ")[0]
+    head = re.sub(r"\s*\([^)]{20,}\)", "", text.split(": ")[0])  # long explanations
     words = [w for w in head.split() if not any(c.isdigit() for c in w)
              and w not in ("s", "<", "at", "label")]
     return " ".join(words) or head
