@@ -117,34 +117,45 @@ def load_srs_counts(dirs: Iterable[Path]) -> tuple[dict[str, dict[str, int]], li
 
 class IncrementalEdgeReader:
     """Follows one edge directory: each :meth:`poll` parses only the complete lines
-    appended since the last one (per file offsets; rotated files start again)."""
+    appended since the last one. Offsets are kept per file (inode), so a file renamed by a
+    rotation is not read twice and its successor is read from its start. At the first poll
+    each file is read from its last ``tail`` bytes only (the recent past)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, tail: int = 8 << 20) -> None:
         self.directory = directory
-        self._offsets: dict[str, tuple[int, int]] = {}  # name -> (inode, offset)
+        self.tail = tail
+        self._offsets: dict[tuple[int, int], int] = {}  # (device, inode) -> offset
+        self._polled = False
         self.errors = 0
 
     def poll(self) -> list[EdgeRecord]:
         out: list[EdgeRecord] = []
         if not os.access(self.directory, os.R_OK | os.X_OK):
             return out
+        first_poll, self._polled = not self._polled, True
         for path in record_files(self.directory):
             try:
                 st = path.stat()
-                ino, off = self._offsets.get(path.name, (st.st_ino, 0))
-                if ino != st.st_ino or st.st_size < off:
+                key = (st.st_dev, st.st_ino)
+                off = self._offsets.get(key)
+                skip_partial = False
+                if off is None:
+                    off = max(0, st.st_size - self.tail) if first_poll else 0
+                    skip_partial = off > 0  # landed inside a line
+                elif st.st_size < off:  # truncated
                     off = 0
                 with open(path, "rb") as fh:
                     fh.seek(off)
                     data = fh.read(st.st_size - off)
             except OSError:
                 continue
+            start = data.find(b"\n") + 1 if skip_partial else 0
             end = data.rfind(b"\n") + 1  # an unterminated tail is still being written
-            for n, raw in enumerate(data[:end].splitlines()):
+            for n, raw in enumerate(data[start:end].splitlines()):
                 try:
                     out.append(parse_line(raw.decode("utf-8", "surrogateescape"),
                                           f"{path}:+{n}"))
                 except AuditError:
                     self.errors += 1
-            self._offsets[path.name] = (st.st_ino, off + end)
+            self._offsets[key] = off + max(end, start)
         return out

@@ -176,7 +176,7 @@ class LedgerMonitor:
 
     def __init__(self, site: Site, metrics: Metrics, store: SessionStore, *,
                  interval: float = 15.0, window: float = 3600.0, settle: float = 10.0,
-                 lookback: float = 3600.0) -> None:
+                 lookback: float = 900.0) -> None:
         self.site, self.metrics, self.interval = site, metrics, interval
         self.window, self.settle = window, settle
         self._store = store

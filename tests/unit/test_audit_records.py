@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.audit import FIELDS, group_calls, parse_line, read_edge_dir
+from orchestrator.audit import (
+    FIELDS,
+    IncrementalEdgeReader,
+    group_calls,
+    parse_line,
+    read_edge_dir,
+)
 from orchestrator.audit.records import MAX_LINE
 from orchestrator.errors import AuditError
 from orchestrator.render import render_site
@@ -157,3 +163,27 @@ def test_directory_problems_are_errors(tmp_path: Path) -> None:
     assert [str(e) for e in got.errors] == [
         f"{d}: writable by group/others (mode 0777): records anyone can change are no "
         "evidence; chmod go-w"]
+
+
+def test_the_incremental_reader_parses_each_complete_line_once(tmp_path: Path) -> None:
+    d = _edge_dir(tmp_path)
+    f = d / "calls_1.log"
+    f.write_text(line(call_id="a") + "\n" + line(call_id="b")[:30])
+    r = IncrementalEdgeReader(d)
+    assert [x.call_id for x in r.poll()] == ["a"]
+    with open(f, "a") as fh:
+        fh.write(line(call_id="b")[30:] + "\nnot a record\n")
+    assert [x.call_id for x in r.poll()] == ["b"] and r.errors == 1
+    assert r.poll() == []
+    # rotated: a new file under the same name is read from its start
+    f.rename(d / "calls_1.log.1")
+    f.write_text(line(call_id="c") + "\n")
+    assert [x.call_id for x in r.poll()] == ["c"]
+
+
+def test_the_incremental_reader_starts_from_the_recent_past(tmp_path: Path) -> None:
+    d = _edge_dir(tmp_path)
+    rows = [line(call_id=f"c{i}") for i in range(50)]
+    (d / "calls_1.log").write_text("\n".join(rows) + "\n")
+    got = IncrementalEdgeReader(d, tail=len(rows[0]) * 3 + 10).poll()
+    assert [x.call_id for x in got] == ["c47", "c48", "c49"]
