@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import AuditError
-from ..kamailio.encoding import decode_uri
+from ..kamailio.encoding import decode_uri, readable
 from ..site.model import NAME_RE
 
 __all__ = ["ACC_FIELDS", "FIELDS", "MAX_LINE", "EdgeCall", "EdgeRecord", "EdgeRecords",
@@ -118,6 +118,12 @@ def _token(value: str, name: str, where: str) -> str:
     return value
 
 
+def _text(value: str) -> str:
+    """A value acc wrote as it came (a reason phrase, a callee's tag): any bytes, made
+    readable and safe for JSON/HTML (``%xx`` for what is not printable UTF-8)."""
+    return readable(value.encode("utf-8", "surrogateescape"))
+
+
 def parse_line(line: str, where: str = "<line>") -> EdgeRecord:
     """One record line (without its newline) → :class:`EdgeRecord`, or :class:`AuditError`."""
     if len(line) > MAX_LINE:
@@ -166,8 +172,8 @@ def parse_line(line: str, where: str = "<line>") -> EdgeRecord:
     assert at is not None
     return EdgeRecord(
         kind=f["kind"], edge=f["edge"], call_id=call_id, at=at, code=int(code),
-        reason=f["sip_reason"].replace("%7C", "|"), caller_tag=f["caller_tag"],
-        callee_tag=f["callee_tag"], from_uri=uris["from"], to_uri=uris["to"],
+        reason=_text(f["sip_reason"].replace("%7C", "|")), caller_tag=_text(f["caller_tag"]),
+        callee_tag=_text(f["callee_tag"]), from_uri=uris["from"], to_uri=uris["to"],
         pai=uris["pai"], ruri=uris["ruri"], trunk=f["trunk"], rule=f["rule"],
         local=f["local"] == "1", siprec=f["siprec"] or None, required=f["required"],
         sampled_out=f["sampled_out"] == "1", node=f["node"],

@@ -60,6 +60,9 @@ def test_the_parser_reads_the_layout_the_template_writes() -> None:
     ({"sampled_out": "1", "required": "all"}, lambda r: r.sampled_out and r.required == "all"),
     # acc writes a "|" inside its reason phrase as %7C
     ({"sip_reason": "Odd%7CReason"}, lambda r: r.reason == "Odd|Reason"),
+    # what acc wrote as it came is made readable: invalid UTF-8 and controls as %xx
+    ({"sip_reason": "Caf\udce9 \x01", "callee_tag": "t\udcff"},
+     lambda r: (r.reason, r.callee_tag) == ("Caf%e9 %01", "t%ff")),
     # non-ASCII bytes of a URI stay percent-encoded, the URI's own escapes too
     ({"from": "sip%3a%c3%a9%2541%40lab"}, lambda r: r.from_uri == "sip:%c3%a9%41@lab"),
 ])
