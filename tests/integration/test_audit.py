@@ -323,3 +323,19 @@ def test_clean_run_of_100_calls(lab: tuple[LabStack, KillableSrs], tmp_path: Pat
     assert all(e["local"]["status"] == "ok" for e in doc["entries"])
     assert rc == 0
     assert "<svg" in page.read_text()
+
+
+def test_the_controller_counts_what_the_ledger_found(
+        lab: tuple[LabStack, KillableSrs]) -> None:
+    """The restarted controller read the edge's records: the calls it never saw count as
+    missing (``controller down``) in its Prometheus counters, each judged once, after its
+    end has settled (10 s, then the next 15-s round: by now, after the other cases)."""
+    stack, _ = lab
+    key = 'siprecctl_ledger_missing_calls_total{reason="controller down",site="audit"}'
+    got = wait_for(lambda: stack.metrics().get(key), 40, "the ledger's missing-call counter")
+    assert got == 3.0
+    m = stack.metrics()
+    print("\n" + "\n".join(f"{k} {v}" for k, v in m.items() if "ledger" in k))
+    assert m.get('siprecctl_ledger_calls_total{edge="edge1",group="-",site="audit",'
+                 'verdict="not-required"}', 0) >= 1  # the opted-out call
+    assert 'siprecctl_ledger_completeness_ratio{edge="edge1",group="main",site="audit"}' in m
