@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "recordings": ("orchestrator.commands.recordings", "collect and audit rtpengine recordings"),
     "serve": ("orchestrator.commands.serve", "run the recording controller"),
     "losses": ("orchestrator.commands.losses", "recordings the policy wanted and did not get"),
+    "audit": ("orchestrator.commands.audit", "was every required call recorded? the completeness ledger"),
     "srs": ("orchestrator.commands.srs", "run the reference SIPREC recording server"),
     "lab": ("orchestrator.commands.lab", "bring the lab up, place calls, report"),
 }

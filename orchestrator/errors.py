@@ -25,6 +25,7 @@ errors (sockets, subprocesses, parsers) are translated at the boundary
     ├── MetadataError              RFC 7865 metadata could not be parsed/built
     ├── SipError                   malformed SIP message, multipart body or SDP
     ├── RecordingError             recording files: unreadable, never modified
+    ├── AuditError                 the completeness ledger's inputs (located: file:line)
     ├── ControllerError            controller / session state machine problems
     │   ├── IllegalTransition      a move the transition table does not allow
     │   └── ControllerUnreachable  no controller API at the address
@@ -175,6 +176,16 @@ class SipError(SiprecctlError):
 
 class RecordingError(SiprecctlError):
     """A recording's files could not be read (they are never modified)."""
+
+
+class AuditError(SiprecctlError):
+    """An input of the completeness ledger is unusable: an edge record line, a file, a
+    directory. ``where`` locates it (``file:line``)."""
+
+    def __init__(self, message: str, *, where: str | None = None) -> None:
+        self.message = message
+        self.where = where
+        super().__init__(f"{where}: {message}" if where else message)
 
 
 class ControllerError(SiprecctlError):

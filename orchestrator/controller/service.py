@@ -86,7 +86,7 @@ from .messages import (
     Tick,
     Unsubscribe,
 )
-from .metrics import Metrics
+from .metrics import LedgerMonitor, Metrics
 from .redis_store import Fence
 from .selection import SrsProber, SrsSelector
 from .session import RecordingSession
@@ -164,6 +164,8 @@ class Controller:
         self.leadership = leadership
         self.fence = fence
         self._lead_thread: threading.Thread | None = None
+        self.ledger = LedgerMonitor(site, self.metrics, self.store,  # completeness gauges
+                                   counting=lambda: self.acting)
         self.pool = NodePool.from_site(site)
         self.groups = {g.name: g for g in site.recording.srs_groups}
         self.selector = SrsSelector(self.groups)
@@ -240,6 +242,7 @@ class Controller:
         elif reconcile:
             self.reconcile()
         self._started = True
+        self.ledger.start()
 
     @property
     def acting(self) -> bool:
@@ -294,6 +297,7 @@ class Controller:
         if self._loop_thread is not None:
             self._loop_thread.join(5.0)
         self._io.shutdown()
+        self.ledger.stop()
         for link in self.edges.values():
             link.rpc.close()
         self.pool.close()

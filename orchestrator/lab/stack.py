@@ -33,6 +33,8 @@ class LabStack:
         # the lab's secrets live in its workdir (created at render, like an operator's)
         data = site.model_dump(mode="json", exclude_none=True)
         data["security"] = {"secrets_dir": str(Path(workdir).resolve() / "secrets")}
+        # ... and so do the edge's call records (Kamailio's acc writes there; README "Audit")
+        data["accounting"] = {"dir": str(Path(workdir).resolve() / "accounting")}
         site = validate_data(data, file="<lab site>")
         self.site = site
         self.edge = site.edges[0]
@@ -77,6 +79,9 @@ class LabStack:
                     self.workdir / "logs" / n.name, ng=(n.ng.address, n.ng.port),
                     overrides=[f"--recording-dir={self.rec_dirs[n.name]}"]))
             e = self.edge
+            # flatstore appends to files in an existing directory; the records are evidence
+            Path(self.site.accounting.edge_dir(e.name)).mkdir(mode=0o700, parents=True,
+                                                              exist_ok=True)
             self.daemons.append(Kamailio(cfgdir / "kamailio" / e.name / "kamailio.cfg",
                                          self.workdir / "logs" / e.name,
                                          run_dir=self.workdir / "run" / e.name,

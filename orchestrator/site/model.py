@@ -467,6 +467,18 @@ class Lab(Strict):
         "slab0", description="the bridge, in the lab's own switch namespace")
     netns_prefix: Annotated[str, AfterValidator(_ifname_part)] = Field(
         "slab", description="namespaces <prefix>-caller, -callee, -edge, -srs1, -srs2, -sw")
+# ---------------------------------------------------------------------------- accounting
+class Accounting(Strict):
+    """The edges' own call records (Kamailio ``acc``; README "Audit")."""
+
+    dir: AbsPath = Field(
+        "/var/log/siprecctl/accounting",
+        description="each edge appends its call records to <dir>/<edge>/calls_<process>.log "
+                    "(create <dir>/<edge> writable by Kamailio only, mode 0750 or 0700)")
+
+    def edge_dir(self, edge: str) -> str:
+        """The directory of one edge's records (its ``calls_<process>.log`` files)."""
+        return f"{self.dir.rstrip('/')}/{edge}"
 
 
 # ---------------------------------------------------------------------------- site
@@ -483,6 +495,7 @@ class Site(Strict):
     lab: Lab = Field(default_factory=Lab)
     redis: RedisServer | None = Field(None, description="required by more than one "
                                       "controller instance and by node replication")
+    accounting: Accounting = Field(default_factory=Accounting)
 
     # Errors found by _cross_checks carry their own key path: (path, message).
     @model_validator(mode="after")
@@ -598,10 +611,20 @@ def _cross_checks(site: Site) -> list[tuple[str, str]]:
     # nothing siprecctl writes may land in a recording directory
     rec = site.media.recording.dir.rstrip("/") + "/"
     for path, what in (("security.secrets_dir", site.security.secrets_dir),
-                       ("controller.store", site.controller.store)):
+                       ("controller.store", site.controller.store),
+                       ("accounting.dir", site.accounting.dir)):
         if (what.rstrip("/") + "/").startswith(rec):
             p.append((path, f"'{short(what)}' is inside the recording directory "
                       f"{site.media.recording.dir}: siprecctl never writes there"))
+    acc = site.accounting.dir.rstrip("/") + "/"
+    if acc.startswith(site.security.secrets_dir.rstrip("/") + "/"):
+        p.append(("accounting.dir", f"'{short(site.accounting.dir)}' is inside "
+                  f"security.secrets_dir: Kamailio writes the call records, and nothing but "
+                  "siprecctl's secrets belongs there"))
+    if rec.startswith(acc):
+        p.append(("accounting.dir", f"the recording directory {site.media.recording.dir} is "
+                  f"inside '{short(site.accounting.dir)}': keep the call records apart from "
+                  "the recordings"))
     return p
 
 

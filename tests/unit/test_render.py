@@ -24,7 +24,7 @@ def test_golden(example: Path) -> None:
     golden = DATA / "golden" / example.stem
     files = render_site(load(example))
     if os.environ.get("SIPRECCTL_UPDATE_GOLDEN"):
-        write(golden, files)
+        write(golden, files, force=True)  # the golden dir is regenerated whole
     diff = stale_diff(golden, files)
     assert diff == "", f"golden files differ (SIPRECCTL_UPDATE_GOLDEN=1 to update):\n{diff}"
     assert {r.path for r in files} == {
