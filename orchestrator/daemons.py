@@ -22,11 +22,13 @@ from pathlib import Path
 
 from .errors import LabError
 
-__all__ = ["KAMAILIO_BIN", "RTPENGINE_BIN", "Daemon", "Kamailio", "Rtpengine", "free_port",
+__all__ = ["KAMAILIO_BIN", "REDIS_BIN", "RTPENGINE_BIN", "Daemon", "Kamailio", "RedisServer",
+           "Rtpengine", "free_port",
            "free_ports", "kamailio_check", "ng_ping", "tcp_open"]
 
 RTPENGINE_BIN = "/usr/bin/rtpengine"
 KAMAILIO_BIN = "/usr/sbin/kamailio"
+REDIS_BIN = "/usr/bin/redis-server"
 
 
 def free_port(proto: str = "udp", host: str = "127.0.0.1") -> int:
@@ -235,6 +237,44 @@ class Kamailio(Daemon):
         if self.ready_tcp is None:
             return (self.run_dir / "kamailio_rpc.sock").exists()
         return tcp_open(*self.ready_tcp)
+
+
+class RedisServer(Daemon):
+    """Debian's redis-server in the foreground from siprecctl's rendered ``redis.conf``,
+    included by a minimal main config (what Debian's /etc/redis/redis.conf keeps: foreground,
+    log to stdout, a data dir) — the operator's ``include`` line, in a work directory."""
+
+    name = "redis-server"
+
+    def __init__(self, rendered: Path, workdir: Path, *, address: str, port: int,
+                 password: str) -> None:
+        self.address, self.port, self._password = address, port, password
+        self.main_conf = Path(workdir) / "redis-main.conf"
+        self._rendered = Path(rendered)
+        super().__init__([REDIS_BIN, str(self.main_conf)], workdir)
+
+    def start(self) -> None:
+        data = self.workdir / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        self.main_conf.write_text(f'daemonize no\nlogfile ""\ndir {data}\n'
+                                  f"include {self._rendered}\n")
+        super().start()
+
+    def ready(self) -> bool:
+        # a Redis answers "-NOAUTH" (or "+PONG" when it has no password) once it serves
+        try:
+            with socket.create_connection((self.address, self.port), timeout=0.3) as s:
+                s.sendall(b"AUTH " + self._password.encode() + b"\r\nPING\r\n")
+                s.settimeout(0.3)
+                got = b""
+                while got.count(b"\r\n") < 2:
+                    chunk = s.recv(256)
+                    if not chunk:
+                        break
+                    got += chunk
+                return b"+PONG" in got
+        except OSError:
+            return False
 
 
 def kamailio_check(config: Path) -> subprocess.CompletedProcess[str]:

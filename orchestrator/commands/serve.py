@@ -32,12 +32,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     pair = parser.add_argument_group("active/standby pair (state in Redis, README "
                                      "\"Scaling out\")")
     pair.add_argument("--redis", metavar="ADDR:PORT", help="keep the state in this Redis and "
-                      "act only while holding the site's lease")
+                      "act only while holding the site's lease (default, for a site with "
+                      "controller.instances: the site's redis)")
     pair.add_argument("--redis-password-file", metavar="PATH",
-                      help="owner-only file with the Redis password")
-    pair.add_argument("--redis-db", type=int, default=0, metavar="N")
+                      help="owner-only file with the Redis password (default: the site's)")
+    pair.add_argument("--redis-db", type=int, default=None, metavar="N",
+                      help="default: the site's redis.controller_db, else 0")
     pair.add_argument("--instance", metavar="NAME", help="this controller's name in the pair "
-                      "(default: the host name)")
+                      "(default: the host name; one of controller.instances when the site "
+                      "lists them)")
     pair.add_argument("--lease-ttl", type=float, default=2.0, metavar="S",
                       help="lease time-to-live: the standby takes over within about this "
                       "long after the leader stops renewing (default 2)")
@@ -52,12 +55,15 @@ def _pair(args: argparse.Namespace, site: Any) -> tuple[Any, Any, Any]:
     from ..errors import UsageError
     from .ng import parse_hostport
 
-    if not args.redis:
+    pair_site = site.redis is not None and len(site.controller.instances) > 1
+    if not args.redis and not pair_site:
         if args.instance:
             raise UsageError("--instance goes with --redis (a pair shares its state in Redis)")
         return SessionStore(args.store or site.controller.store), None, None
     if args.store:
-        raise UsageError("--store and --redis are alternatives")
+        raise UsageError("--store and --redis are alternatives (this site's controllers are "
+                         "a pair: their state is in Redis)" if pair_site else
+                         "--store and --redis are alternatives")
     if not 0.5 <= args.lease_ttl <= 60:
         raise UsageError("--lease-ttl: between 0.5 and 60 seconds")
     import redis
@@ -66,14 +72,35 @@ def _pair(args: argparse.Namespace, site: Any) -> tuple[Any, Any, Any]:
     from ..controller.redis_store import Fence, RedisStore
     from ..site.secrets import load_secret
 
-    host, port = parse_hostport(args.redis, "--redis")
-    password = load_secret(args.redis_password_file) if args.redis_password_file else None
-    client = redis.Redis(host=host, port=port, db=args.redis_db, password=password,
+    if args.redis:
+        host, port = parse_hostport(args.redis, "--redis")
+    else:
+        host, port = site.redis.address, site.redis.port
+    db = args.redis_db if args.redis_db is not None else (
+        site.redis.controller_db if site.redis is not None else 0)
+    pw_file = args.redis_password_file or (site.redis_auth_file if site.redis else None)
+    password = load_secret(pw_file) if pw_file else None
+    client = redis.Redis(host=host, port=port, db=db, password=password,
                          socket_timeout=1.0, socket_connect_timeout=1.0)
     instance = args.instance or socket.gethostname()
+    names = [i.name for i in site.controller.instances]
+    if names and instance not in names:
+        raise UsageError(f"--instance {instance!r} is not one of the site's controller "
+                         f"instances ({', '.join(names)})")
     fence = Fence(instance)
     lead = Leadership(client, f"siprecctl:{site.name}:", instance, ttl=args.lease_ttl)
     return RedisStore(client, site.name, fence), lead, fence
+
+
+def _instance_api(site: Any, instance: str | None) -> tuple[str, int]:
+    """The API listener of this instance of the pair (the site's ``controller.api`` else)."""
+    import socket
+
+    name = instance or socket.gethostname()
+    for i in site.controller.instances:
+        if i.name == name:
+            return i.api.address, i.api.port
+    return site.controller.api.address, site.controller.api.port
 
 
 def _addr(value: str) -> tuple[str, int]:
@@ -111,8 +138,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=getattr(logging, args.log_level), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     site = load(args.site)
-    address, port = (_addr(args.api) if args.api
-                     else (site.controller.api.address, site.controller.api.port))
+    address, port = (_addr(args.api) if args.api else _instance_api(site, args.instance))
     if args.store:
         _outside_recordings(site, args.store)
     for line in ensure_secrets(site):

@@ -173,6 +173,9 @@ def render_units(site: Site, source_digest: str) -> list[UnitFile]:
     for e in site.edges:
         secret_files += _secret_files_of_edge(site, e.name)
     secret_files += _tls_in_secrets(site, site.controller.api.tls)
+    if (site.redis is not None and len(site.controller.instances) > 1
+            and _under(site.redis_auth_file, _path(site.security.secrets_dir, "secrets_dir"))):
+        secret_files.append(site.redis_auth_file)  # the pair's state and lease
     units.append(UnitFile(unit_name("controller"), "systemd/controller.service.j2",
                           "controller", dict(
         common, exec_start=f"{SIPRECCTL_BIN} serve {SITE_FILE}",

@@ -17,14 +17,13 @@ from typing import Any
 import pytest
 
 from orchestrator.controller.client import api_request, api_target
-from orchestrator.daemons import Daemon, free_ports
+from orchestrator.daemons import Daemon, RedisServer, free_ports
 from orchestrator.lab.srs import SrsConfig
 from orchestrator.lab.stack import LabStack
 from orchestrator.lab.ua import CalleeServer, LabCall
 from orchestrator.site.loader import validate_data
+from orchestrator.site.secrets import load_secret
 from tests.conftest import wait_for
-
-from .test_redis_store import PASSWORD, redis_server  # noqa: F401 (the fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -54,23 +53,20 @@ def _site(work: Path, ports: dict[str, Any]) -> dict[str, Any]:
             "instances": [{"name": "a", "api": {"address": "127.0.0.1", "port": ports["api_a"]}},
                           {"name": "b", "api": {"address": "127.0.0.1", "port": ports["api_b"]}}],
         },
+        # the pair's state and lease (password: <secrets_dir>/redis.secret, made at render)
+        "redis": {"address": "127.0.0.1", "port": ports["redis"], "controller_db": 0},
     }
 
 
 class Pair:
-    def __init__(self, stack: LabStack, redis_port: int, ports: dict[str, Any]) -> None:
-        self.stack, self.redis_port, self.ports = stack, redis_port, ports
-        self.pw = stack.workdir / "redis.password"
-        self.pw.write_text(PASSWORD + "\n")
-        self.pw.chmod(0o600)
+    def __init__(self, stack: LabStack, ports: dict[str, Any]) -> None:
+        self.stack, self.ports = stack, ports
         self.procs: dict[str, Daemon] = {}
 
     def start(self, name: str) -> None:
-        port = self.ports[f"api_{name}"]
+        # as the unit runs it: Redis, its password and the API come from the site
         d = Daemon([sys.executable, "-m", "orchestrator.cli", "serve",
-                    str(self.stack.site_file), "--redis", f"127.0.0.1:{self.redis_port}",
-                    "--redis-password-file", str(self.pw), "--instance", name,
-                    "--api", f"127.0.0.1:{port}", "--lease-ttl", "2"],
+                    str(self.stack.site_file), "--instance", name, "--lease-ttl", "2"],
                    self.stack.workdir, name=f"controller-{name}",
                    log_path=self.stack.workdir / "logs" / f"controller-{name}.log",
                    ready=lambda: self.health(name) is not None)
@@ -96,18 +92,23 @@ class Pair:
 
 
 @pytest.fixture()
-def pair(tmp_path: Path, redis_server: int) -> Iterator[Pair]:  # noqa: F811
+def pair(tmp_path: Path) -> Iterator[Pair]:
     free = iter(free_ports(9))
     ports = {k: next(free) for k in ("sip", "callee", "rpc", "evapi", "ng", "api_a", "api_b",
-                                     "srs")}
+                                     "srs", "redis")}
     site = validate_data(_site(tmp_path, ports), file="pair-site")
     srs = SrsConfig(address="127.0.0.1", port=ports["srs"], name="srs", record_dir=tmp_path / "srs",
                     rtp_port_min=47600, rtp_port_max=47799)
     srs.record_dir.mkdir()
     with LabStack(site, tmp_path, srs=[srs], controller=False) as st:
         st.callee = CalleeServer("127.0.0.1", ports["callee"])  # type: ignore[attr-defined]
-        p = Pair(st, redis_server, ports)
+        redis = RedisServer(st.cfgdir / "redis" / "redis.conf", tmp_path / "redis",
+                            address="127.0.0.1", port=ports["redis"],
+                            password=load_secret(st.site.redis_auth_file))
+        p = Pair(st, ports)
         try:
+            redis.start()
+            redis.wait_ready(10)
             p.start("a")
             wait_for(lambda: p.acting("a"), 10, "controller a to lead")
             p.start("b")
@@ -116,6 +117,7 @@ def pair(tmp_path: Path, redis_server: int) -> Iterator[Pair]:  # noqa: F811
         finally:
             for d in p.procs.values():
                 d.stop(5.0, kill=True)
+            redis.stop()
             st.callee.close()  # type: ignore[attr-defined]
 
 

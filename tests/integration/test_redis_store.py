@@ -4,7 +4,6 @@ passes to the standby when the leader stops renewing — and never to two at onc
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,35 +18,35 @@ from orchestrator.controller.messages import CallRecord, Loss
 from orchestrator.controller.redis_store import Fence, FencedOut, RedisStore
 from orchestrator.controller.session import Ev, RecordingSession
 from orchestrator.controller.store import DuplicateSession, SessionStore
-from orchestrator.daemons import free_port
+from orchestrator.daemons import RedisServer, free_port
+from orchestrator.render import ensure_secrets, render_site, write
+from orchestrator.site import load
+from orchestrator.site.loader import validate_data
+from orchestrator.site.secrets import load_secret
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.integration
-PASSWORD = "p" * 40
+PASSWORD = ""  # set by the redis_server fixture (rendered, random)
 
 
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """redis-server from the config ``siprecctl render`` writes for a site with a ``redis``
+    section (the lab site plus one), with the password ``render`` generated."""
+    global PASSWORD
     work = tmp_path_factory.mktemp("redis")
     port = free_port("tcp")
-    conf = work / "redis.conf"
-    conf.write_text(f"bind 127.0.0.1\nport {port}\nrequirepass {PASSWORD}\ndir {work}\n"
-                    "appendonly yes\nappendfsync always\nsave \"\"\n")
-    proc = subprocess.Popen(["redis-server", str(conf)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        wait_for(lambda: _ping(port), 10, "redis-server to answer")
+    data = load().model_dump(mode="json", exclude_none=True)
+    data["security"] = {"secrets_dir": str(work / "secrets")}
+    data["redis"] = {"address": "127.0.0.1", "port": port}
+    site = validate_data(data, file="<redis site>")
+    write(work / "etc", render_site(site), site=site)
+    ensure_secrets(site)
+    PASSWORD = load_secret(site.redis_auth_file)
+    server = RedisServer(work / "etc" / "redis" / "redis.conf", work / "redis",
+                         address="127.0.0.1", port=port, password=PASSWORD)
+    with server.started(10):
         yield port
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-def _ping(port: int) -> bool:
-    try:
-        return bool(redis.Redis(port=port, password=PASSWORD, socket_timeout=0.5).ping())
-    except redis.RedisError:
-        return False
 
 
 def client(port: int) -> redis.Redis:

@@ -41,7 +41,7 @@ from typing import Any
 import pytest
 import redis
 
-from orchestrator.daemons import Daemon, Kamailio, Rtpengine, free_ports
+from orchestrator.daemons import Daemon, Kamailio, RedisServer, Rtpengine, free_ports
 from orchestrator.errors import NgError
 from orchestrator.kamailio.rpc import HttpRpcTransport, KamailioClient
 from orchestrator.lab.ua import CalleeServer, LabCall, RtpStream
@@ -59,7 +59,6 @@ NG = {"rtp-a1": 27001, "rtp-a2": 27002, "rtp-b1": 27003}
 FAR_NG, FAR_ADDRESS = 27004, "127.0.0.2"  # rtp-a2's config on another address
 RTP = {"rtp-a1": (50000, 50999), "rtp-a2": (51000, 51999), "rtp-b1": (52000, 52999)}
 REDIS_PORT = 26379
-REDIS_BIN = "/usr/bin/redis-server"
 SPREAD_CALLS = 60
 
 
@@ -125,14 +124,6 @@ def _env_file(path: Path) -> dict[str, str]:
     return out
 
 
-def _redis_ready(password: str) -> bool:
-    try:
-        return bool(redis.Redis(host=LO, port=REDIS_PORT, password=password,
-                                socket_timeout=0.3).ping())
-    except redis.RedisError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def scale(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scale]:
     work = tmp_path_factory.mktemp("scale")
@@ -146,13 +137,8 @@ def scale(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scale]:
     ensure_secrets(site)
     password = load_secret(site.redis_auth_file)
     env = _env_file(rtpengine_redis_env_path(site))
-    # the server's own part (what Debian's /etc/redis/redis.conf keeps), then siprecctl's
-    (work / "redis").mkdir()
-    main = work / "redis-main.conf"
-    main.write_text(f'daemonize no\nlogfile ""\ndir {work / "redis"}\n'
-                    f"include {etc / 'redis' / 'redis.conf'}\n")
-    server = Daemon([REDIS_BIN, str(main)], work / "redis", name="redis-server",
-                    ready=lambda: _redis_ready(password))
+    server = RedisServer(etc / "redis" / "redis.conf", work / "redis", address=LO,
+                         port=REDIS_PORT, password=password)
     nodes = {n.name: Rtpengine(etc / "rtpengine" / n.name / "rtpengine.conf", work / n.name,
                                ng=(LO, NG[n.name]), env=env) for n in site.media.nodes}
     for n in site.media.nodes:
