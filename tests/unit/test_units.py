@@ -112,6 +112,8 @@ def test_one_unit_per_edge_and_node_and_the_controller(example: Path) -> None:
     for e in site.edges:
         expected |= {f"evapi-{e.name}.secret", f"jsonrpc-{e.name}.secret",
                      f"kamailio-{e.name}.secrets.cfg"}
+    if site.redis is not None and len(site.controller.instances) > 1:
+        expected.add("redis.secret")  # a pair: its state and lease are in Redis
     assert creds == expected
 
 
