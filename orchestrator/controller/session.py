@@ -86,6 +86,7 @@ TRANSITIONS: dict[State, dict[Ev, State]] = {
                 _E.ERROR: _S.TERMINATING},
     _S.RELOCATING: {_E.REFORKED: _S.ESTABLISHED, _E.UPDATE: _S.RELOCATING,
                     _E.NODE_LOST: _S.RELOCATING,
+                    _E.PAUSE: _S.PAUSED,  # a pause in flight when the node died
                     _E.SRS_BYE: _S.CLOSED, _E.SRS_LOST: _S.FAILED,
                     _E.CALL_ENDED: _S.TERMINATING, _E.STOP: _S.TERMINATING,
                     _E.ERROR: _S.TERMINATING},

@@ -17,6 +17,7 @@ from orchestrator.controller.messages import (
     NgFailed,
     NodeLost,
     Observe,
+    Operator,
     QueryMedia,
     Relocate,
     Relocated,
@@ -58,6 +59,7 @@ def lose(h: Harness, dt: float = 2.0) -> list[Any]:
     (State.RELOCATING, Ev.SRS_LOST, State.FAILED),
     (State.RELOCATING, Ev.SRS_BYE, State.CLOSED),
     (State.RELOCATING, Ev.UPDATE, State.RELOCATING),
+    (State.RELOCATING, Ev.PAUSE, State.PAUSED),
 ])
 def test_relocating_rows(state: State, event: Ev, after: State) -> None:
     assert TRANSITIONS[state][event] is after
@@ -66,7 +68,7 @@ def test_relocating_rows(state: State, event: Ev, after: State) -> None:
 
 
 @pytest.mark.parametrize(("state", "event"), [
-    (State.RELOCATING, Ev.PAUSE), (State.SUBSCRIBING, Ev.NODE_LOST),
+    (State.RELOCATING, Ev.RESUME), (State.SUBSCRIBING, Ev.NODE_LOST),
     (State.TERMINATING, Ev.NODE_LOST), (State.ESTABLISHED, Ev.REFORKED)])
 def test_illegal_moves(state: State, event: Ev) -> None:
     s = RecordingSession("s", "c", "e", "n", "g", 0, "t", state=state)
@@ -228,3 +230,17 @@ def test_edge_lost_with_no_edge_left_counts_bye_failed_too() -> None:
     h.feed(EdgeLost("edge1", h.now, None), 10)
     assert h.core.via is None and not h.core.live
     assert [type(a).__name__ for a in h.log if isinstance(a, Loss)] == ["Loss"]
+
+
+def test_pause_in_flight_when_the_node_dies() -> None:
+    h = Harness()
+    h.establish()
+    acts = h.feed(Operator("pause", 1))
+    pause = h.last(SendRequest, acts)
+    lose(h, dt=0.5)
+    acts = h.answer(pause)  # the SRS took the pause: paused, nothing to re-fork
+    assert h.session().state is State.PAUSED
+    acts = h.feed(Relocated("rtp2", ("rtp2",)))
+    assert ng(acts) == []
+    acts = h.feed(Operator("resume", 2))  # the resume subscribes on the carrier
+    assert ng(acts) == [("Subscribe", "rtp2")]
