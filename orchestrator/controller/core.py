@@ -101,6 +101,23 @@ def _hms(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%H:%M:%S.%f")[:-3]
 
 
+def _sendonly_offer(s: RecordingSession, sdp: bytes) -> bytes:
+    """rtpengine's new subscription SDP as the next offer of ``s``'s dialog (same origin,
+    version bumped, sendonly); :class:`SipError` when it is unusable."""
+    return set_direction(bump_version(with_origin(bytes(sdp), s.offer_sdp)), "sendonly")
+
+
+def _answer_sdp(r: RsReply, current: bytes) -> bytes:
+    """The SDP of an SRS's 2xx (plain or in a SIPREC multipart), else ``current``."""
+    sdp = r.body
+    if r.content_type and "multipart" in r.content_type.lower():
+        try:
+            sdp = parse_siprec_body(r.content_type, r.body).sdp or current
+        except SipError:
+            sdp = current
+    return sdp or current
+
+
 def _metadata(rec: Recording) -> bytes:
     """The document of ``rec``, without the builder's strict self-check: the only shapes the
     core builds — :func:`recording_from_call` and its hold, resume, holds-included and final
@@ -652,13 +669,7 @@ class CallCore:
         elif tx.purpose == "resume":
             if ok:
                 s.offer_sdp = tx.sdp
-                sdp = r.body
-                if r.content_type and "multipart" in r.content_type.lower():
-                    try:
-                        sdp = parse_siprec_body(r.content_type, r.body).sdp or s.answer_sdp
-                    except SipError:
-                        sdp = s.answer_sdp
-                s.answer_sdp = sdp or s.answer_sdp
+                s.answer_sdp = _answer_sdp(r, s.answer_sdp)
                 self._emit(SubscribeAnswer(s.session_id, self.node, self.call_id,
                                            s.sub_to_tag, s.answer_sdp))
                 self._emit(EdgeSdp(self.sip_edge, s.dialog.call_id if s.dialog else "",
@@ -902,8 +913,7 @@ class CallCore:
             return
         s.tx = None
         try:
-            offer = set_direction(bump_version(with_origin(bytes(sdp), s.offer_sdp)),
-                                  "sendonly")
+            offer = _sendonly_offer(s, sdp)
         except SipError as exc:
             self._refork_failed(s, f"unusable SDP from {self.node}: {exc}", now)
             return
@@ -918,14 +928,8 @@ class CallCore:
             self._terminate(s, Ev.ERROR, f"the SRS refused the re-fork: {r.code} {r.reason}",
                             now, bye=True)
             return  # _fill gives the slot a new session on the carrier
-        sdp = r.body
-        if r.content_type and "multipart" in r.content_type.lower():
-            try:
-                sdp = parse_siprec_body(r.content_type, r.body).sdp or s.answer_sdp
-            except SipError:
-                sdp = s.answer_sdp
         s.offer_sdp = offer
-        s.answer_sdp = sdp or s.answer_sdp
+        s.answer_sdp = _answer_sdp(r, s.answer_sdp)
         s.last_alive = now
         self._emit(SubscribeAnswer(s.session_id, self.node, self.call_id, s.sub_to_tag,
                                    s.answer_sdp))
@@ -1164,8 +1168,7 @@ class CallCore:
             return
         s.tx = None
         try:
-            offer = set_direction(bump_version(with_origin(bytes(sdp), s.offer_sdp)),
-                                  "sendonly")
+            offer = _sendonly_offer(s, sdp)
         except SipError as exc:
             s.note(f"resume: unusable SDP from rtpengine: {exc}", now)
             self._unsubscribe(s)

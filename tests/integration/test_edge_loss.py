@@ -32,10 +32,10 @@ from .test_node_loss import (
     Rig,
     knows,
     place,
+    recorded,
+    running_rig,
     srs_for,
     srs_media,
-    start_rig,
-    stop_rig,
 )
 
 pytestmark = pytest.mark.integration
@@ -43,15 +43,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture()
 def rig(tmp_path: Path) -> Iterator[Rig]:
-    r = start_rig(tmp_path, edges=2)
-    try:
-        yield r
-    finally:
-        stop_rig(r.started)
-
-
-def _recorded(rig: Rig, call_id: str) -> bool:
-    return any(s["state"] == "established" for s in rig.sessions(call_id))
+    yield from running_rig(tmp_path, edges=2)
 
 
 def _closed(rig: Rig, call_id: str) -> bool:
@@ -73,7 +65,7 @@ def test_edge_killed_its_calls_closed_the_other_edge_untouched(rig: Rig) -> None
     ngs = {n: rig.ng(n) for n in ("rtp1", "rtp2")}
     try:
         for c in calls:
-            wait_for(partial(_recorded, rig, c.call_id), 10, f"{c.call_id} recorded")
+            wait_for(partial(recorded, rig, c.call_id), 10, f"{c.call_id} recorded")
         time.sleep(1.0)
         killed = time.time()
         rig.edges["edge1"].stop(kill=True)  # SIGKILL of the process group
@@ -134,7 +126,7 @@ def test_edge_killed_its_calls_closed_the_other_edge_untouched(rig: Rig) -> None
                  and rig.api("/health")["edges_lost"] == [], 15, "edge1 back")
         again = place(rig, "rtp2", "edge1")
         try:
-            wait_for(partial(_recorded, rig, again.call_id), 10, "a new call through edge1")
+            wait_for(partial(recorded, rig, again.call_id), 10, "a new call through edge1")
         finally:
             again.bye()
             again.close()

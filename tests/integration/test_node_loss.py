@@ -40,6 +40,8 @@ from orchestrator.site import Site, validate_data
 from orchestrator.site.secrets import load_secret, rtpengine_redis_env_path
 from tests.conftest import wait_for
 
+from .test_scale_media import _env_file
+
 pytestmark = pytest.mark.integration
 
 LO = "127.0.0.1"
@@ -82,15 +84,6 @@ def site_data(work: Path, ports: dict[str, int], edges: int = 1) -> dict[str, An
         "security": {"secrets_dir": str(work / "secrets")},
         "accounting": {"dir": str(work / "accounting")},
     }
-
-
-def _env_file(path: Path) -> dict[str, str]:
-    out = {}
-    for line in path.read_text().splitlines():
-        if line and not line.startswith("#"):
-            k, _, v = line.partition("=")
-            out[k] = v
-    return out
 
 
 def _redis_ready(port: int, password: str) -> bool:
@@ -285,16 +278,20 @@ def srs_media(rig: Rig, rs_ids: set[str]) -> tuple[int, float]:
     return len(sessions), gap
 
 
-@pytest.fixture()
-def rig(tmp_path: Path) -> Iterator[Rig]:
-    r = start_rig(tmp_path)
+def running_rig(work: Path, edges: int = 1) -> Iterator[Rig]:
+    r = start_rig(work, edges)
     try:
         yield r
     finally:
         stop_rig(r.started)
 
 
-def _recorded(rig: Rig, call_id: str) -> bool:
+@pytest.fixture()
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    yield from running_rig(tmp_path)
+
+
+def recorded(rig: Rig, call_id: str) -> bool:
     return any(s["state"] == "established" for s in rig.sessions(call_id))
 
 
@@ -312,7 +309,7 @@ def test_node_killed_calls_reforked_on_the_carrier(rig: Rig) -> None:
     a2 = rig.ng("rtp2")
     try:
         for c in calls:
-            wait_for(partial(_recorded, rig, c.call_id), 10, f"{c.call_id} recorded")
+            wait_for(partial(recorded, rig, c.call_id), 10, f"{c.call_id} recorded")
         time.sleep(2.0)  # media at the SRS before the kill
         killed = time.time()
         rig.nodes["rtp1"].stop(kill=True)  # SIGKILL
