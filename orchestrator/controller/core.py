@@ -199,6 +199,7 @@ class CallCore:
         self.lost_since: float | None = None
         self.holders: tuple[str, ...] = ()  # nodes holding the call after the loss
         self.via: str | None = None  # the edge for recording dialogs once the call's is lost
+        self._reforking: set[str] = set()  # sessions subscribed on the carrier already
 
     # ------------------------------------------------------------------ public
     @property
@@ -888,7 +889,13 @@ class CallCore:
                 if not sl.exhausted:
                     self._exhaust(i, sl.session, why, now, "node_lost")
             return
+        if inp.carrier == self.lost_node:
+            # a false alarm (a stalled controller, a blip): the node answers and still
+            # carries the call; subscribe again there all the same (the same tag replaces
+            # the fork if it survived), and Kamailio's delete will reach it at the end
+            self.lost_node = None
         self.node = self.record.node = inp.carrier
+        self._reforking.clear()
         self._emit(PersistCall(self.record))
         for s in self.sessions.values():
             if s.open:
@@ -900,8 +907,9 @@ class CallCore:
     def _refork(self, s: RecordingSession, now: float) -> None:
         """A relocating session with nothing pending: subscribe on the carrier (same tag)."""
         assert self.group is not None
-        if s.tx is not None or s.node == self.node:
+        if s.tx is not None or s.session_id in self._reforking:
             return
+        self._reforking.add(s.session_id)
         s.node = self.node
         s.tx = Tx("SUBSCRIBE", -1, now + self.group.timeout, "refork_sub")
         self.had_subscription = True

@@ -582,10 +582,14 @@ class Controller:
             return
         peers = [n for n in self.pool if n.set == lost.set and n.name != a.lost]
         legs = (a.from_tag, a.to_tag)
+        # the lost node first: a stalled controller or a blip can miss two pings of a node
+        # that is fine; one that still carries the call keeps it
+        peers.insert(0, lost)
 
         def received(n: Any) -> int | None:
-            try:
-                c = n.client.query(call_id, timeout=1.0).counters()
+            try:  # the lost node may be a silent host: do not wait long for it
+                c = n.client.query(call_id, timeout=NODE_PING_TIMEOUT if n is lost
+                                   else 1.0).counters()
             except (NgError, NgTransportError):
                 return None
             return sum(c.get(t, (0, 0))[0] for t in legs)
@@ -593,17 +597,20 @@ class Controller:
         before = {n.name: c for n in peers if (c := received(n)) is not None}
         carrier: str | None = None
         error = ""
+        holders = tuple(n for n in before if n != a.lost)
         if not before:
-            error = "no other node of the set holds the call"
+            error = "no node of the set (the lost one included) holds the call"
         else:
             time.sleep(CARRIER_WINDOW)  # on this call's I/O queue only
             grown = {n.name: c - before[n.name] for n in peers if n.name in before
                      and (c := received(n)) is not None and c > before[n.name]}
-            if grown:
+            if a.lost in grown:
+                carrier = a.lost
+            elif grown:
                 carrier = max(grown, key=lambda k: grown[k])
             else:
                 error = "the call's packet counters grew on none of " + ", ".join(before)
-        if carrier is not None:
+        if carrier is not None and carrier != a.lost:
             ng = self.pool.client(carrier)
             try:
                 info = ng.query(call_id, timeout=1.0)
@@ -614,7 +621,7 @@ class Controller:
                 error, carrier = f"offer/answer on {carrier}: {exc}", None
         log.warning("call %s: after the loss of %s: %s", call_id, a.lost,
                     f"carried by {carrier}" if carrier else error)
-        self._feed(call_id, Relocated(carrier, tuple(before), error))
+        self._feed(call_id, Relocated(carrier, holders, error))
 
     def _edges_lost(self, now: float) -> list[tuple[str, Action]]:
         out: list[tuple[str, Action]] = []

@@ -244,3 +244,20 @@ def test_pause_in_flight_when_the_node_dies() -> None:
     assert ng(acts) == []
     acts = h.feed(Operator("resume", 2))  # the resume subscribes on the carrier
     assert ng(acts) == [("Subscribe", "rtp2")]
+
+
+def test_false_alarm_the_lost_node_still_carries_the_call() -> None:
+    """Two pings missed by a stalled controller: the driver finds the call's counters
+    growing on the node itself; the fork is made again there and the end is as usual."""
+    h = Harness()
+    inv = h.establish()
+    lose(h, dt=0.5)
+    acts = h.feed(Relocated("rtp1", ()), 0.3)
+    assert ng(acts) == [("Subscribe", "rtp1")]
+    reinv = h.last(SendRequest, h.subscribed(acts))
+    assert reinv.rs_call_id == inv.rs_call_id
+    h.answer(reinv)
+    assert h.session().state is State.ESTABLISHED and h.core.lost_node is None
+    acts = h.feed(CallEnded("edge1", "call-1", h.now + 1), 1)
+    assert ng(acts) == [("QueryMedia", "rtp1"), ("DeleteCall", "rtp1")]
+    assert h.last(DeleteCall, acts).delete_delay is None  # Kamailio's delete reaches it
