@@ -155,8 +155,12 @@ def _session(s: ControllerSession, need: list[Interval], window_end: float,
     stop = next((t for t in (s.media_until, s.ended) if t is not None), window_end)
     paused = paused_intervals(s.history, stop)
     mine: list[Interval] = []
+    # a loss counted on the session itself is time it did not record (e.g. node_lost: the
+    # fork died with its rtpengine node and was re-created in the same session)
+    lost = [(x.ts - x.seconds, x.ts) for x in losses
+            if x.session_id == s.session_id and x.seconds > 0]
     if s.established is not None:
-        mine = _intersect(_subtract([(s.established, stop)], paused), need)
+        mine = _intersect(_subtract([(s.established, stop)], paused + lost), need)
     covered = _length(mine)
     gaps = [Gap(x.reason, x.seconds, x.ts - x.seconds, x.slot, s.srs, x.detail)
             for x in losses if x.session_id == s.session_id]

@@ -65,17 +65,21 @@ from .messages import (
     CancelInvite,
     DeleteCall,
     EdgeForget,
+    EdgeLost,
     EdgeSdp,
     EdgeSip,
     EndCall,
     Input,
     Loss,
     NgFailed,
+    NodeLost,
     Observe,
     Operator,
     Persist,
     PersistCall,
     QueryMedia,
+    Relocate,
+    Relocated,
     Reply,
     SendFailed,
     SendInvite,
@@ -92,6 +96,27 @@ from .selection import SrsSelector
 from .session import Attempt, Ev, RecordingSession, State, Tx
 
 __all__ = ["CallCore"]
+
+def _hms(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%H:%M:%S.%f")[:-3]
+
+
+def _sendonly_offer(s: RecordingSession, sdp: bytes) -> bytes:
+    """rtpengine's new subscription SDP as the next offer of ``s``'s dialog (same origin,
+    version bumped, sendonly); :class:`SipError` when it is unusable."""
+    return set_direction(bump_version(with_origin(bytes(sdp), s.offer_sdp)), "sendonly")
+
+
+def _answer_sdp(r: RsReply, current: bytes) -> bytes:
+    """The SDP of an SRS's 2xx (plain or in a SIPREC multipart), else ``current``."""
+    sdp = r.body
+    if r.content_type and "multipart" in r.content_type.lower():
+        try:
+            sdp = parse_siprec_body(r.content_type, r.body).sdp or current
+        except SipError:
+            sdp = current
+    return sdp or current
+
 
 def _metadata(rec: Recording) -> bytes:
     """The document of ``rec``, without the builder's strict self-check: the only shapes the
@@ -168,8 +193,21 @@ class CallCore:
         self._out: list[Action] = []
         self._dirty: dict[str, RecordingSession] = {}
         self._orphans: dict[str, Attempt] = {}  # abandoned INVITE attempts by RS Call-ID
+        # README "After a node loss" / "After an edge loss"
+        self.relocating = False  # node lost: waiting for the driver's Relocated
+        self.lost_node: str | None = None
+        self.lost_since: float | None = None
+        self.holders: tuple[str, ...] = ()  # nodes holding the call after the loss
+        self.via: str | None = None  # the edge for recording dialogs once the call's is lost
+        self._reforking: set[str] = set()  # sessions subscribed on the carrier already
 
     # ------------------------------------------------------------------ public
+    @property
+    def sip_edge(self) -> str:
+        """The edge the recording dialogs' requests go through: the call's, or after its
+        loss a connected one (an SRS matches the dialog by Call-ID and tags)."""
+        return self.via or self.call.edge
+
     @property
     def call_id(self) -> str:
         return self.call.call_id
@@ -252,6 +290,12 @@ class CallCore:
             self._srs_down(inp, now)
         elif isinstance(inp, Operator):
             self._operator(inp, now)
+        elif isinstance(inp, NodeLost):
+            self._node_lost(inp, now)
+        elif isinstance(inp, Relocated):
+            self._relocated(inp, now)
+        elif isinstance(inp, EdgeLost):
+            self._edge_lost(inp, now)
         self._timers(now)
         self._settle(now)
         return self._flush()
@@ -328,7 +372,8 @@ class CallCore:
     # ------------------------------------------------------------------ slots
     def _fill(self, now: float) -> None:
         """Give every slot without an open session a new one (if the call still wants it)."""
-        if not (self.live and self.wanted and self.group) or self.pause_wanted:
+        if not (self.live and self.wanted and self.group) or self.pause_wanted \
+                or self.relocating:
             return
         for i, slot in enumerate(self.slots):
             cur = slot.session
@@ -390,6 +435,9 @@ class CallCore:
         if s.state is State.PAUSED:  # resubscribed for a resume: offer sendonly again
             self._resume_offer(s, inp.sdp, now)
             return
+        if s.state is State.RELOCATING:  # subscribed on the carrier: re-INVITE the SRS
+            self._refork_offer(s, inp.sdp, now)
+            return
         if s.state is not State.SUBSCRIBING:
             return
         s.offer_sdp = bytes(inp.sdp)
@@ -432,7 +480,7 @@ class CallCore:
         s.announced_holds = frozenset(self.holds)
         headers = d.invite_headers(ctype)
         s.tx = Tx("INVITE", d.invite_cseq, now + self.group.timeout, "invite")
-        self._emit(SendInvite(s.session_id, self.call.edge, d.call_id, d.request_uri(),
+        self._emit(SendInvite(s.session_id, self.sip_edge, d.call_id, d.request_uri(),
                               headers, body, d.invite_cseq))
 
     def _invite_failed(self, s: RecordingSession, outcome: str, now: float,
@@ -472,7 +520,7 @@ class CallCore:
         s.last_alive = now
         self._ev(s, Ev.ANSWERED, s.srs_uri or "", now)
         self._emit(SubscribeAnswer(s.session_id, self.node, self.call_id, s.sub_to_tag, sdp))
-        self._emit(EdgeSdp(self.call.edge, s.dialog.call_id, s.offer_sdp))
+        self._emit(EdgeSdp(self.sip_edge, s.dialog.call_id, s.offer_sdp))
         sl = self.slots[s.slot]
         sl.tried.clear()
         if sl.gap_since is not None:  # a replacement: the gap is over
@@ -510,10 +558,26 @@ class CallCore:
             # rtpengine finalises the metadata file when recording stops; stopping first
             # makes it final even while delete-delay holds the call
             self._emit(StopLocal(self.node, self.call_id))
-        if self.had_subscription:
+        if self.lost_node is not None:
+            # Kamailio sends the call's delete to the lost node only: the carrier (and any
+            # other mirror) keeps the foreign call for good. Unsubscribe first, then delete
+            # by Call-ID at once (FIELD-NOTES: the reverse order leaks the call)
+            if self.had_subscription and self.node != self.lost_node:
+                self._emit(QueryMedia(None, self.node, self.call_id,
+                                      self._roles(list(self.sessions.values())), "call end"))
+                for s in self.sessions.values():
+                    if s.node == self.node:
+                        self._emit(Unsubscribe(s.session_id, self.node, self.call_id,
+                                               s.sub_to_tag))
+            for node in self.holders or (self.node,):
+                if node != self.lost_node:
+                    self._emit(DeleteCall(node, self.call_id, delete_delay=0))
+        elif self.had_subscription:
             # the edge deleted the call; within delete-delay rtpengine still has its counters
             self._emit(QueryMedia(None, self.node, self.call_id,
                                   self._roles(list(self.sessions.values())), "call end"))
+            self._emit(DeleteCall(self.node, self.call_id))
+        elif self.via is not None:  # edge lost: nobody else deletes the call
             self._emit(DeleteCall(self.node, self.call_id))
 
     def _reinvite(self, ev: CallReinvite, now: float) -> None:
@@ -575,6 +639,9 @@ class CallCore:
             self._srs_lost(s, f"{tx.method} answered {r.code} {r.reason}", now,
                            s.last_alive)
             return
+        if tx.purpose == "refork":
+            self._refork_answered(s, r, ok, tx.sdp, now)
+            return
         if tx.purpose in ("update", "snapshot"):
             if ok:
                 if tx.holds is not None:
@@ -603,16 +670,10 @@ class CallCore:
         elif tx.purpose == "resume":
             if ok:
                 s.offer_sdp = tx.sdp
-                sdp = r.body
-                if r.content_type and "multipart" in r.content_type.lower():
-                    try:
-                        sdp = parse_siprec_body(r.content_type, r.body).sdp or s.answer_sdp
-                    except SipError:
-                        sdp = s.answer_sdp
-                s.answer_sdp = sdp or s.answer_sdp
+                s.answer_sdp = _answer_sdp(r, s.answer_sdp)
                 self._emit(SubscribeAnswer(s.session_id, self.node, self.call_id,
                                            s.sub_to_tag, s.answer_sdp))
-                self._emit(EdgeSdp(self.call.edge, s.dialog.call_id if s.dialog else "",
+                self._emit(EdgeSdp(self.sip_edge, s.dialog.call_id if s.dialog else "",
                                    s.offer_sdp))
                 self._ev(s, Ev.RESUME, "resumed", now)
             else:
@@ -637,7 +698,7 @@ class CallCore:
             ruri, hdrs, cseq = d.request("BYE")
         except SipError:
             return
-        self._emit(SendRequest(None, self.call.edge, d.call_id, "BYE", ruri, d.nexthop(),
+        self._emit(SendRequest(None, self.sip_edge, d.call_id, "BYE", ruri, d.nexthop(),
                                hdrs, b"", cseq))
         self._emit(Observe("late_answer"))
 
@@ -671,7 +732,7 @@ class CallCore:
                 s.media_until = now
                 if s.state is State.ESTABLISHED and self.live:
                     self._unsubscribe(s)
-                self._emit(EdgeForget(self.call.edge, r.rs_call_id))
+                self._emit(EdgeForget(self.sip_edge, r.rs_call_id))
                 s.tx = None
                 self._ev(s, Ev.SRS_BYE, "the SRS ended the session", now)
                 self.slots[s.slot].tried.add(s.srs_uri or "")
@@ -734,6 +795,10 @@ class CallCore:
             self._terminate(s, Ev.ERROR, f"rtpengine refused the SRS answer: {inp.error}", now,
                             bye=True)
             self._open_gap(s.slot, now, "answer_unusable", f"rtpengine: {inp.error}")
+        elif inp.op == "subscribe" and s.state is State.RELOCATING:
+            s.tx = None
+            self._refork_failed(s, f"subscribe request on {self.node} failed: {inp.error}",
+                                now)
         elif inp.op == "subscribe" and s.state is State.PAUSED:
             s.tx = None
             s.note(f"resubscribe for the resume failed: {inp.error}", now)
@@ -762,7 +827,7 @@ class CallCore:
         BYE it anyway (a partition may heal), and let the slot fail over."""
         assert s.dialog is not None
         if s.tx is not None and s.tx.method == "INVITE":
-            self._emit(CancelInvite(self.call.edge, s.dialog.call_id, s.tx.cseq))
+            self._emit(CancelInvite(self.sip_edge, s.dialog.call_id, s.tx.cseq))
         s.tx = None
         was_paused = s.state is State.PAUSED
         s.media_until = since if since is not None else now
@@ -771,22 +836,153 @@ class CallCore:
             self._unsubscribe(s)
         try:
             ruri, hdrs, cseq = s.dialog.request("BYE")
-            self._emit(SendRequest(None, self.call.edge, s.dialog.call_id, "BYE", ruri,
+            self._emit(SendRequest(None, self.sip_edge, s.dialog.call_id, "BYE", ruri,
                                    s.dialog.nexthop(), hdrs, b"", cseq))
         except SipError:
             pass
-        self._emit(EdgeForget(self.call.edge, s.dialog.call_id))
+        self._emit(EdgeForget(self.sip_edge, s.dialog.call_id))
         self.slots[s.slot].tried.add(s.srs_uri or "")
         if self.live and self.wanted and not was_paused:
             self._open_gap(s.slot, s.media_until, "srs_lost", f"{s.srs_uri}: {why}")
         if self.group is not None:
             self._emit(Observe("failover", 1, (self.group.name,)))
 
+    # ------------------------------------------------------------------ node / edge loss
+    def _node_lost(self, inp: NodeLost, now: float) -> None:
+        """The call's rtpengine node stopped answering (README "After a node loss"): every
+        fork on it is dead from ``inp.since``; ask the driver for the node that carries
+        the call now (:class:`Relocate`) and hold every set-up until it answers."""
+        if inp.node != self.node or not self.live or self.relocating:
+            return
+        self.relocating, self.lost_node, self.lost_since = True, inp.node, inp.since
+        why = f"rtpengine node {inp.node} lost (no pong since {_hms(inp.since)})"
+        for s in list(self.sessions.values()):
+            if not s.open or s.state is State.TERMINATING:
+                continue
+            if s.state in (State.ESTABLISHED, State.RELOCATING, State.PAUSED):
+                if s.state is not State.PAUSED:
+                    self._open_gap(s.slot, inp.since, "node_lost", why)
+                self._ev(s, Ev.NODE_LOST, why, now)
+            else:  # a set-up on the lost node: redone on the carrier (the gap counted)
+                self._terminate(s, Ev.ERROR, f"set-up interrupted: {why}", now, bye=True,
+                                unsubscribe=False)
+                if s.slot < len(self.slots) and self.wanted:
+                    self._open_gap(s.slot, inp.since, "node_lost", why)
+        self._emit(Relocate(self.call_id, inp.node, self.call.from_tag, self.call.to_tag))
+
+    def _relocated(self, inp: Relocated, now: float) -> None:
+        if not self.relocating:
+            return
+        self.relocating = False
+        self.holders = inp.holders
+        if not self.live:  # ended meanwhile: only the mirrors' copies are left to delete
+            for node in inp.holders:
+                self._emit(DeleteCall(node, self.call_id, delete_delay=0))
+            return
+        if inp.carrier is None:
+            why = (f"no node of the set carries the call's media after the loss of "
+                   f"{self.lost_node}" + (f" ({inp.error})" if inp.error else ""))
+            for s in list(self.sessions.values()):
+                if s.open and s.state is not State.TERMINATING:
+                    self._terminate(s, Ev.ERROR, why, now, bye=True, unsubscribe=False)
+            for i, sl in enumerate(self.slots):
+                if not sl.exhausted:
+                    self._exhaust(i, sl.session, why, now, "node_lost")
+            return
+        if inp.carrier == self.lost_node:
+            # a false alarm (a stalled controller, a blip): the node answers and still
+            # carries the call; subscribe again there all the same (the same tag replaces
+            # the fork if it survived), and Kamailio's delete will reach it at the end
+            self.lost_node = None
+        self.node = self.record.node = inp.carrier
+        self._reforking.clear()
+        self._emit(PersistCall(self.record))
+        for s in self.sessions.values():
+            if s.open:
+                s.note(f"the call is on {inp.carrier} now (offer/answer replayed)", now,
+                       "relocated")
+                self._touch(s)
+        # _settle re-forks the relocating sessions and fills the empty slots
+
+    def _refork(self, s: RecordingSession, now: float) -> None:
+        """A relocating session with nothing pending: subscribe on the carrier (same tag)."""
+        assert self.group is not None
+        if s.tx is not None or s.session_id in self._reforking:
+            return
+        self._reforking.add(s.session_id)
+        s.node = self.node
+        s.tx = Tx("SUBSCRIBE", -1, now + self.group.timeout, "refork_sub")
+        self.had_subscription = True
+        self._touch(s)
+        self._emit(Subscribe(s.session_id, self.node, self.call_id, s.sub_to_tag))
+
+    def _refork_offer(self, s: RecordingSession, sdp: bytes, now: float) -> None:
+        if s.tx is None or s.tx.purpose != "refork_sub":
+            return
+        s.tx = None
+        try:
+            offer = _sendonly_offer(s, sdp)
+        except SipError as exc:
+            self._refork_failed(s, f"unusable SDP from {self.node}: {exc}", now)
+            return
+        # RFC 3261 §14: a re-INVITE in the same recording session; the SRS keeps one
+        # recording with a gap rather than a second session
+        self._request(s, "INVITE", "refork", offer, None, now)
+
+    def _refork_answered(self, s: RecordingSession, r: RsReply, ok: bool, offer: bytes,
+                         now: float) -> None:
+        if not ok:
+            self.slots[s.slot].tried.add(s.srs_uri or "")
+            self._terminate(s, Ev.ERROR, f"the SRS refused the re-fork: {r.code} {r.reason}",
+                            now, bye=True)
+            return  # _fill gives the slot a new session on the carrier
+        s.offer_sdp = offer
+        s.answer_sdp = _answer_sdp(r, s.answer_sdp)
+        s.last_alive = now
+        self._emit(SubscribeAnswer(s.session_id, self.node, self.call_id, s.sub_to_tag,
+                                   s.answer_sdp))
+        if s.dialog is not None:
+            self._emit(EdgeSdp(self.sip_edge, s.dialog.call_id, s.offer_sdp))
+        self._ev(s, Ev.REFORKED, f"fork re-created on {self.node}", now)
+        self._close_gap(s.slot, now, now, f"media on {s.srs_uri} again through {self.node}")
+
+    def _refork_failed(self, s: RecordingSession, why: str, now: float) -> None:
+        """The fork cannot be re-created on the carrier: the media is lost for the rest of
+        the call (the node_lost gap runs to its end)."""
+        self._terminate(s, Ev.ERROR, why, now, bye=True, unsubscribe=False)
+        self._exhaust(s.slot, s, why, now, "node_lost")
+
+    def _edge_lost(self, inp: EdgeLost, now: float) -> None:
+        """The call's edge is gone for good (README "After an edge loss"): its end will never
+        be reported and no request can pass it. Stop the forks first (unsubscribe, then the
+        call's delete: the order rtpengine 10.5 frees), close the recording sessions through
+        a connected edge, and count the recording as cut short (``edge_lost``)."""
+        if inp.edge != self.call.edge or not self.live:
+            return
+        self.via = inp.via
+        why = (f"edge {inp.edge} lost (unreachable since {_hms(inp.since)}); the call's end "
+               "cannot be observed")
+        for s in list(self.sessions.values()):
+            if s.state in (State.ESTABLISHED, State.SUBSCRIBING, State.SUBSCRIBED,
+                           State.INVITING) or (s.state is State.RELOCATING
+                                               and s.node == self.node):
+                self._unsubscribe(s)
+        slots = {sl.session.slot for sl in self.slots
+                 if sl.session is not None and sl.session.open} if self.slots else set()
+        for i in sorted(slots):
+            self._loss(self.slots[i].session, "edge_lost", 0.0, why, now)
+        if not slots and (self.record.record_local or self.policy_wanted):
+            self._loss(None, "edge_lost", 0.0, why, now)
+        for i in range(len(self.slots)):
+            self._close_gap(i, now, now, "until the edge was lost")
+        self._call_ended(CallEnded(inp.edge, self.call_id, now, by="controller: edge lost"),
+                         now)
+
     # ------------------------------------------------------------------ teardown
     def _abandon_invite(self, s: RecordingSession) -> None:
         if s.dialog is None or s.tx is None or s.tx.purpose != "invite":
             return
-        self._emit(CancelInvite(self.call.edge, s.dialog.call_id, s.tx.cseq))
+        self._emit(CancelInvite(self.sip_edge, s.dialog.call_id, s.tx.cseq))
         att = s.attempts[-1]
         att.outcome = att.outcome or "abandoned"
         self._orphans[att.rs_call_id] = att
@@ -817,11 +1013,14 @@ class CallCore:
             if not bye:
                 self._ev(s, Ev.DONE, reason, now)
             # else _pump_close sends the final update, then the BYE, once nothing is pending
-        if unsubscribe and self.live and was in (State.SUBSCRIBING, State.SUBSCRIBED,
-                                                 State.INVITING, State.ESTABLISHED):
+        # a relocating session forks only once re-subscribed on the carrier
+        forked = was is not State.RELOCATING or s.node == self.node != self.lost_node
+        if unsubscribe and self.live and forked and was in (
+                State.SUBSCRIBING, State.SUBSCRIBED, State.INVITING, State.ESTABLISHED,
+                State.RELOCATING):
             self._unsubscribe(s)
         if not s.open and s.dialog is not None and was in (State.ESTABLISHED, State.PAUSED):
-            self._emit(EdgeForget(self.call.edge, s.dialog.call_id))
+            self._emit(EdgeForget(self.sip_edge, s.dialog.call_id))
 
     def _pump_close(self, s: RecordingSession, now: float) -> None:
         """A terminating session with nothing pending: first the final metadata update
@@ -841,14 +1040,14 @@ class CallCore:
         ruri, hdrs, cseq = s.dialog.request("BYE")
         s.tx = Tx("BYE", cseq, now + self.group.timeout, "bye")
         self._touch(s)
-        self._emit(SendRequest(s.session_id, self.call.edge, s.dialog.call_id, "BYE", ruri,
+        self._emit(SendRequest(s.session_id, self.sip_edge, s.dialog.call_id, "BYE", ruri,
                                s.dialog.nexthop(), hdrs, b"", cseq))
 
     def _closed_after_bye(self, s: RecordingSession, detail: str, now: float) -> None:
         if s.state is State.TERMINATING:
             self._ev(s, Ev.DONE, detail, now)
         if s.dialog is not None:
-            self._emit(EdgeForget(self.call.edge, s.dialog.call_id))
+            self._emit(EdgeForget(self.sip_edge, s.dialog.call_id))
 
     # ------------------------------------------------------------------ timers
     def _timers(self, now: float) -> None:
@@ -860,6 +1059,9 @@ class CallCore:
             if tx.purpose == "invite":
                 self._abandon_invite(s)
                 self._invite_failed(s, f"no answer in {self.group.timeout:g} s", now)
+            elif tx.purpose == "refork_sub":
+                s.tx = None
+                self._refork_failed(s, f"subscribe request on {self.node}: no reply", now)
             elif tx.purpose == "resubscribe":
                 s.tx = None
                 s.note("resubscribe for the resume: no reply from rtpengine", now)
@@ -867,7 +1069,7 @@ class CallCore:
                 self._fail_ops("resume", "rtpengine did not answer the subscribe request")
             elif tx.purpose == "final":
                 assert s.dialog is not None
-                self._emit(CancelInvite(self.call.edge, s.dialog.call_id, tx.cseq))
+                self._emit(CancelInvite(self.sip_edge, s.dialog.call_id, tx.cseq))
                 s.tx = None
                 s.note(f"final metadata update unanswered in {self.group.timeout:g} s", now)
             elif tx.purpose == "bye":
@@ -877,7 +1079,7 @@ class CallCore:
                 self._closed_after_bye(s, "BYE unanswered", now)
             elif s.state is State.TERMINATING:
                 if tx.method == "INVITE" and s.dialog is not None:
-                    self._emit(CancelInvite(self.call.edge, s.dialog.call_id, tx.cseq))
+                    self._emit(CancelInvite(self.sip_edge, s.dialog.call_id, tx.cseq))
                 s.tx = None
                 s.note(f"{tx.purpose} unanswered in {self.group.timeout:g} s while closing",
                        now)
@@ -913,6 +1115,9 @@ class CallCore:
                 continue
             if s.state is State.TERMINATING:
                 self._pump_close(s, now)
+            elif s.state is State.RELOCATING:
+                if self.live and not self.relocating:
+                    self._refork(s, now)
             elif s.live and self.live:
                 self._pump(s, now)
         self._check_ops(now)
@@ -963,7 +1168,7 @@ class CallCore:
         ruri, hdrs, cseq = s.dialog.request(method, ctype)
         s.tx = Tx(method, cseq, now + self.group.timeout, purpose, sdp, holds)
         self._touch(s)
-        self._emit(SendRequest(s.session_id, self.call.edge, s.dialog.call_id, method, ruri,
+        self._emit(SendRequest(s.session_id, self.sip_edge, s.dialog.call_id, method, ruri,
                                s.dialog.nexthop(), hdrs, body, cseq, sdp=sdp))
 
     def _resume_offer(self, s: RecordingSession, sdp: bytes, now: float) -> None:
@@ -971,8 +1176,7 @@ class CallCore:
             return
         s.tx = None
         try:
-            offer = set_direction(bump_version(with_origin(bytes(sdp), s.offer_sdp)),
-                                  "sendonly")
+            offer = _sendonly_offer(s, sdp)
         except SipError as exc:
             s.note(f"resume: unusable SDP from rtpengine: {exc}", now)
             self._unsubscribe(s)
@@ -1155,7 +1359,7 @@ class CallCore:
 
     def _abandon_invite_stored(self, s: RecordingSession) -> None:
         if s.dialog is not None and s.attempts:
-            self._emit(CancelInvite(self.call.edge, s.dialog.call_id, s.dialog.invite_cseq))
+            self._emit(CancelInvite(self.sip_edge, s.dialog.call_id, s.dialog.invite_cseq))
             self._orphans[s.attempts[-1].rs_call_id] = s.attempts[-1]
         s.tx = None
 

@@ -11,10 +11,11 @@ from .dialog import SRC_USER
 from .session import RecordingSession
 
 __all__ = [
-    "Action", "CallRecord", "CancelInvite", "DeleteCall", "EdgeForget", "EdgeSdp", "EdgeSip",
-    "EndCall", "Input", "Loss", "NgFailed", "Observe", "Operator", "Persist", "PersistCall", "QueryMedia",
-    "QueryMedia", "Reply", "SendFailed", "SendInvite", "SendRequest", "SrsDown", "StartLocal", "StopLocal",
-    "Subscribe", "SubscribeAnswer", "Subscribed", "Tick", "Unsubscribe",
+    "Action", "CallRecord", "CancelInvite", "DeleteCall", "EdgeForget", "EdgeLost", "EdgeSdp",
+    "EdgeSip", "EndCall", "Input", "Loss", "NgFailed", "NodeLost", "Observe", "Operator",
+    "Persist", "PersistCall", "QueryMedia", "Relocate", "Relocated", "Reply", "SendFailed",
+    "SendInvite", "SendRequest", "SrsDown", "StartLocal", "StopLocal", "Subscribe",
+    "SubscribeAnswer", "Subscribed", "Tick", "Unsubscribe",
 ]
 
 
@@ -57,6 +58,37 @@ class SrsDown:
 
 
 @dataclass(frozen=True, slots=True)
+class NodeLost:
+    """The node prober counts rtpengine ``node`` as lost; ``since`` is its last pong (the
+    forks on it are assumed dead from then)."""
+
+    node: str
+    since: float
+
+
+@dataclass(frozen=True, slots=True)
+class Relocated:
+    """The driver's answer to :class:`Relocate`: ``carrier`` is the node whose counters grew
+    and on which both legs were offered/answered again (None: no node carries the call's
+    media); ``holders`` every node that still holds the call (cleaned up at its end)."""
+
+    carrier: str | None
+    holders: tuple[str, ...] = ()
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeLost:
+    """The call's edge has been unreachable (evapi down, reconnects failing) since
+    ``since``, past the controller's bound; ``via`` is a connected edge for the recording
+    dialogs' last requests (None: none is connected)."""
+
+    edge: str
+    since: float
+    via: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     """Time passed (deadlines are checked against ``now``)."""
 
@@ -73,7 +105,7 @@ class Operator:
 
 
 Input = (CallReinvite | CallEnded | RsReply | RsRequest | RsError | Subscribed | NgFailed
-         | SendFailed | SrsDown | Tick | Operator)
+         | SendFailed | SrsDown | Tick | Operator | NodeLost | Relocated | EdgeLost)
 
 
 # ------------------------------------------------------------------------------ actions
@@ -111,6 +143,20 @@ class DeleteCall:
 
     node: str
     call_id: str
+    delete_delay: int | None = None  # 0 on a carrier: Kamailio's delete never reaches it
+
+
+@dataclass(frozen=True, slots=True)
+class Relocate:
+    """After ``lost``: find the node of the call's set that carries its media (counters
+    growing between two ``query``s) and replay ``offer``/``answer`` of both legs there
+    (SDP rebuilt from its ``query``: rtpengine 10.5 does not replicate what
+    ``subscribe request`` needs). Answered by :class:`Relocated`."""
+
+    call_id: str
+    lost: str
+    from_tag: str
+    to_tag: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,7 +307,7 @@ class Reply:
     result: dict[str, object]
 
 
-Action = (Subscribe | SubscribeAnswer | Unsubscribe | DeleteCall | QueryMedia | StartLocal
+Action = (Subscribe | SubscribeAnswer | Unsubscribe | DeleteCall | Relocate | QueryMedia | StartLocal
           | StopLocal | SendInvite | SendRequest | CancelInvite | EdgeSdp | EdgeForget | EndCall | Persist
           | PersistCall | Loss | Observe | Reply)
 

@@ -79,6 +79,12 @@ class Metrics:
                                         registry=r)
         self.evapi_up = Gauge("siprecctl_evapi_connected", "1 while connected to the edge",
                               ["edge"], registry=r)
+        self.node_up = Gauge("siprecctl_rtpengine_up",
+                             "1 while the rtpengine node answers NG pings (0: lost)", ["node"],
+                             registry=r)
+        self.edge_lost = Gauge("siprecctl_edge_lost",
+                               "1 while the edge counts as lost (evapi down past the bound)",
+                               ["edge"], registry=r)
         self.evapi_reconnects = Counter("siprecctl_evapi_reconnects_total",
                                         "evapi connections re-established", ["edge"],
                                         registry=r)

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 from ..site.model import SrsGroup, SrsServer
 
-__all__ = ["PROBE_PREFIX", "SrsHealth", "SrsProber", "SrsSelector"]
+__all__ = ["NODE_PING_FAILURES", "NODE_PING_INTERVAL", "PROBE_PREFIX", "NodeProber", "Prober",
+           "SrsHealth", "SrsProber", "SrsSelector"]
 
 
 @dataclass
@@ -87,31 +88,35 @@ PROBE_PREFIX = "siprec-probe-"  # the edge relays replies of Call-IDs starting "
 _DOWN_CODES = frozenset({408, 480, 503})  # answers that mean "not taking sessions"
 
 
-class SrsProber:
-    """OPTIONS probes of every SRS (sans-IO): which probes to send now, which SRS changed
-    state. A probe unanswered when the next one is due is a miss; ``probe_failures`` misses
-    in a row mark the SRS down, any answer but 408/480/503 marks it up. With the defaults
-    (1 s, 2 misses) a dead SRS is noticed 2–3 s after its last answer."""
+class Prober:
+    """Periodic probes of named targets (sans-IO): which probes to send now, which target
+    changed state. A probe unanswered when the next one is due is a miss; ``failures``
+    misses in a row mark the target down, an answer (any code but 408/480/503) marks it up.
+    With a 1 s interval and 2 failures a dead target is noticed 2–3 s after its last
+    answer (at once-per-interval on a refused probe: 1–2 s)."""
 
-    def __init__(self, groups: Iterable[SrsGroup]) -> None:
+    prefix = "probe-"
+
+    def __init__(self) -> None:
         self.targets: dict[str, _Target] = {}
-        for g in groups:
-            if g.probe_interval <= 0:
-                continue
-            for s in g.servers:
-                t = self.targets.get(s.uri)
-                if t is None:
-                    self.targets[s.uri] = _Target(s.transport, g.probe_interval,
-                                                  g.probe_failures)
-                else:  # in several groups: the most eager settings win
-                    t.interval = min(t.interval, g.probe_interval)
-                    t.failures = min(t.failures, g.probe_failures)
-        self.pending: dict[str, tuple[str, float]] = {}  # probe Call-ID -> (uri, sent)
+        self.pending: dict[str, tuple[str, float]] = {}  # probe id -> (target, sent)
         self._seq = 0
 
-    @staticmethod
-    def owns(call_id: str) -> bool:
-        return call_id.startswith(PROBE_PREFIX)
+    def add(self, name: str, interval: float, failures: int, transport: str = "") -> None:
+        t = self.targets.get(name)
+        if t is None:
+            self.targets[name] = _Target(transport, interval, failures)
+        else:  # asked for twice: the most eager settings win
+            t.interval = min(t.interval, interval)
+            t.failures = min(t.failures, failures)
+
+    def is_up(self, name: str) -> bool:
+        t = self.targets.get(name)
+        return t is None or t.up
+
+    @classmethod
+    def owns(cls, call_id: str) -> bool:
+        return call_id.startswith(cls.prefix)
 
     def to_send(self, now: float) -> list[tuple[str, str, str]]:
         """``(uri, transport, call_id)`` of the probes due now."""
@@ -119,7 +124,7 @@ class SrsProber:
         for uri, t in self.targets.items():
             if now >= t.next_at:
                 self._seq += 1
-                call_id = f"{PROBE_PREFIX}{self._seq}-{int(now * 1000) % 100000000}"
+                call_id = f"{self.prefix}{self._seq}-{int(now * 1000) % 100000000}"
                 self.pending[call_id] = (uri, now)
                 t.next_at = now + t.interval
                 out.append((uri, t.transport, call_id))
@@ -161,3 +166,36 @@ class SrsProber:
             t.up = True
             return [(uri, True, now)]
         return []
+
+
+class SrsProber(Prober):
+    """OPTIONS probes of every SRS of groups with ``probe_interval > 0`` (their Call-IDs
+    start ``siprec-``: the edge relays their replies). With the defaults (1 s, 2 misses) a
+    dead SRS is noticed 2–3 s after its last answer."""
+
+    prefix = PROBE_PREFIX
+
+    def __init__(self, groups: Iterable[SrsGroup]) -> None:
+        super().__init__()
+        for g in groups:
+            if g.probe_interval > 0:
+                for s in g.servers:
+                    self.add(s.uri, g.probe_interval, g.probe_failures, s.transport)
+
+
+NODE_PING_INTERVAL = 1.0  # seconds between NG pings of each rtpengine node
+NODE_PING_FAILURES = 2  # missed (or refused) pings in a row: the node is lost
+
+
+class NodeProber(Prober):
+    """NG ``ping`` of every rtpengine node: lost after ``failures`` missed pings in a row
+    (a refused one counts at once), i.e. 1–2 s after its death when the port refuses
+    (loopback, a stopped daemon), 2–3 s when the host goes silent; up again on a pong."""
+
+    prefix = "node-ping-"
+
+    def __init__(self, nodes: Iterable[str], interval: float = NODE_PING_INTERVAL,
+                 failures: int = NODE_PING_FAILURES) -> None:
+        super().__init__()
+        for n in nodes:
+            self.add(n, interval, failures)

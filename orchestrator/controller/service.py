@@ -62,17 +62,21 @@ from .messages import (
     CancelInvite,
     DeleteCall,
     EdgeForget,
+    EdgeLost,
     EdgeSdp,
     EdgeSip,
     EndCall,
     Input,
     Loss,
     NgFailed,
+    NodeLost,
     Observe,
     Operator,
     Persist,
     PersistCall,
     QueryMedia,
+    Relocate,
+    Relocated,
     Reply,
     SendFailed,
     SendInvite,
@@ -88,7 +92,7 @@ from .messages import (
 )
 from .metrics import LedgerMonitor, Metrics
 from .redis_store import Fence
-from .selection import SrsProber, SrsSelector
+from .selection import NodeProber, SrsProber, SrsSelector
 from .session import RecordingSession
 from .store import SessionStore, Store
 
@@ -99,6 +103,13 @@ T = TypeVar("T")
 
 RETIRE_AFTER = 40.0  # keep a finished call's core this long: a late 2xx still gets its BYE
 ENDED_MEMORY = 120.0  # remember ended calls this long (answered events still queued)
+# README "After an edge loss": an edge whose evapi link stays down this long (reconnects
+# failing) is lost; its calls' recordings are closed and counted (edge_lost)
+EDGE_LOST_AFTER = 10.0
+# README "After a node loss": counters read twice this far apart find the node that carries
+# a lost node's call (its legs' packet counters grow)
+CARRIER_WINDOW = 0.25
+NODE_PING_TIMEOUT = 0.5
 
 
 class KeyedExecutor:
@@ -170,6 +181,9 @@ class Controller:
         self.groups = {g.name: g for g in site.recording.srs_groups}
         self.selector = SrsSelector(self.groups)
         self.prober = SrsProber(self.groups.values())
+        self.node_prober = NodeProber(n.name for n in site.media.nodes)
+        self._edge_down: dict[str, float] = {}  # edge -> since when its evapi is down
+        self._edge_lost: set[str] = set()
         self.groups_uris = sorted({s.uri for g in self.groups.values() for s in g.servers})
         self.op_timeout = op_timeout
         self._node_by_url = {f"udp:{n.ng.address}:{n.ng.port}": n.name for n in site.media.nodes}
@@ -209,6 +223,13 @@ class Controller:
 
         def on_state(up: bool) -> None:
             self.metrics.evapi_up.labels(name).set(1 if up else 0)
+            if not up:
+                self._edge_down.setdefault(name, time.time())
+                return
+            self._edge_down.pop(name, None)
+            if name in self._edge_lost:
+                log.warning("edge %s is back: reconciling its dialogs", name)
+                self._put(("fn", partial(self._edge_back, name)))
             if up and self._started:
                 self.metrics.evapi_reconnects.labels(name).inc()
                 # events were lost while disconnected: catch up from Kamailio's dialogs
@@ -365,6 +386,7 @@ class Controller:
             if self.acting:
                 actions += self._due(now)
                 actions += self._probe(now)
+                actions += self._edges_lost(now)
             self._sweep(now)
             if actions:
                 self._carry_out(actions)
@@ -514,7 +536,114 @@ class Controller:
             ruri = uri if transport == "udp" else f"{uri};transport={transport}"
             self._io.submit("probe", partial(self._send_probe, link, ruri, hdrs, call_id))
         out += self._srs_health(changes, now)
+        node_changes = self.node_prober.due(now)
+        for node, _, token in self.node_prober.to_send(now):
+            self._io.submit(f"ping {node}", partial(self._ping_node, node, token))
+        out += self._node_health(node_changes, now)
         return out
+
+    # ------------------------------------------------------------------ node / edge loss
+    def _ping_node(self, node: str, token: str) -> None:
+        """An NG ping (I/O worker); a refused or failed one counts as a miss at once."""
+        try:
+            self.pool.client(node).ping(timeout=NODE_PING_TIMEOUT)
+            code = 200
+        except (NgError, NgTransportError):
+            code = 503
+        self._put(("fn", lambda now: self._node_health(
+            self.node_prober.reply(token, code, now), now)))
+
+    def _node_health(self, changes: list[tuple[str, bool, float | None]],
+                     now: float) -> list[tuple[str, Action]]:
+        out: list[tuple[str, Action]] = []
+        for node, up, last_ok in changes:
+            self.metrics.node_up.labels(node).set(1 if up else 0)
+            if up:
+                log.info("rtpengine node %s answers pings", node)
+                continue
+            calls = [c for c in list(self.cores.values()) if c.live and c.node == node]
+            log.error("rtpengine node %s is lost (pings unanswered; last pong %s): "
+                      "relocating %d calls", node, time.strftime(
+                          "%H:%M:%S", time.localtime(last_ok)) if last_ok else "never",
+                      len(calls))
+            if not self.acting:
+                continue
+            for core in calls:
+                out += self._run_core(core, NodeLost(node, last_ok or now), now)
+        return out
+
+    def _relocate(self, call_id: str, a: Relocate) -> None:
+        """Find the node of the set that carries the lost node's call (its legs' counters
+        grow between two queries) and replay offer/answer of both legs there (I/O worker)."""
+        try:
+            lost = self.pool.node(a.lost)
+        except ValueError as exc:
+            self._feed(call_id, Relocated(None, (), str(exc)))
+            return
+        peers = [n for n in self.pool if n.set == lost.set and n.name != a.lost]
+        legs = (a.from_tag, a.to_tag)
+        # the lost node first: a stalled controller or a blip can miss two pings of a node
+        # that is fine; one that still carries the call keeps it
+        peers.insert(0, lost)
+
+        def received(n: Any) -> int | None:
+            try:  # the lost node may be a silent host: do not wait long for it
+                c = n.client.query(call_id, timeout=NODE_PING_TIMEOUT if n is lost
+                                   else 1.0).counters()
+            except (NgError, NgTransportError):
+                return None
+            return sum(c.get(t, (0, 0))[0] for t in legs)
+
+        before = {n.name: c for n in peers if (c := received(n)) is not None}
+        carrier: str | None = None
+        error = ""
+        holders = tuple(n for n in before if n != a.lost)
+        if not before:
+            error = "no node of the set (the lost one included) holds the call"
+        else:
+            time.sleep(CARRIER_WINDOW)  # on this call's I/O queue only
+            grown = {n.name: c - before[n.name] for n in peers if n.name in before
+                     and (c := received(n)) is not None and c > before[n.name]}
+            if a.lost in grown:
+                carrier = a.lost
+            elif grown:
+                carrier = max(grown, key=lambda k: grown[k])
+            else:
+                error = "the call's packet counters grew on none of " + ", ".join(before)
+        if carrier is not None and carrier != a.lost:
+            ng = self.pool.client(carrier)
+            try:
+                info = ng.query(call_id, timeout=1.0)
+                ng.offer(call_id, a.from_tag, info.leg_sdp(a.from_tag), label="caller")
+                ng.answer(call_id, a.from_tag, a.to_tag, info.leg_sdp(a.to_tag),
+                          label="callee")
+            except SiprecctlError as exc:
+                error, carrier = f"offer/answer on {carrier}: {exc}", None
+        log.warning("call %s: after the loss of %s: %s", call_id, a.lost,
+                    f"carried by {carrier}" if carrier else error)
+        self._feed(call_id, Relocated(carrier, holders, error))
+
+    def _edges_lost(self, now: float) -> list[tuple[str, Action]]:
+        out: list[tuple[str, Action]] = []
+        for edge, since in list(self._edge_down.items()):
+            if edge in self._edge_lost or now - since < EDGE_LOST_AFTER:
+                continue
+            self._edge_lost.add(edge)
+            self.metrics.edge_lost.labels(edge).set(1)
+            via = next((lk.name for lk in self.edges.values()
+                        if lk.name != edge and lk.evapi.connected), None)
+            calls = [c for c in list(self.cores.values()) if c.live and c.call.edge == edge]
+            log.error("edge %s lost (evapi down for %.1f s): closing the recordings of its "
+                      "%d calls%s", edge, now - since, len(calls),
+                      f" through {via}" if via else " (no edge left to send through)")
+            for core in calls:
+                out += self._run_core(core, EdgeLost(edge, since, via), now)
+        return out
+
+    def _edge_back(self, edge: str, now: float) -> list[tuple[str, Action]]:
+        self._edge_lost.discard(edge)
+        self.metrics.edge_lost.labels(edge).set(0)
+        return []  # the reconnect's reconcile (on_state) catches up with its dialogs
 
     def _send_probe(self, link: EdgeLink, ruri: str, headers: str, call_id: str) -> None:
         try:
@@ -626,7 +755,10 @@ class Controller:
                 except SiprecctlError as exc:
                     log.error("state store: %s", exc)
             elif isinstance(a, DeleteCall):
-                self._ng_quiet(a.node, "delete", a.call_id, lambda ng: ng.delete(a.call_id))
+                self._ng_quiet(a.node, "delete", a.call_id, lambda ng: ng.delete(
+                    a.call_id, delete_delay=a.delete_delay))
+            elif isinstance(a, Relocate):
+                self._relocate(call_id, a)
             elif isinstance(a, StartLocal):
                 self._ng_quiet(a.node, "start recording", a.call_id,
                                lambda ng: ng.start_recording(a.call_id))
@@ -899,6 +1031,8 @@ class Controller:
                 "live_calls": sum(1 for c in list(self.cores.values()) if c.live),
                 "queue": len(self._inputs),
                 "srs": {u: h.up for u, h in self.selector.health.items()},
+                "nodes": {n: self.node_prober.is_up(n) for n in self.node_prober.targets},
+                "edges_lost": sorted(self._edge_lost),
                 "leader": None if self.leadership is None else {
                     "instance": self.leadership.instance, "acting": self.acting,
                     "epoch": self.leadership.epoch},

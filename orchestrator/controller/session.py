@@ -12,6 +12,9 @@ sessions (one per ``simultaneous`` slot of its SRS group); the call's core
     ESTABLISHED/PAUSED ─call_ended/stop/error─► TERMINATING (BYE) ─done─► CLOSED
     ESTABLISHED/PAUSED ─srs_bye─► CLOSED        ─srs_lost─► FAILED (the slot gets a new session)
     NEW…INVITING ─error/exhausted/shed─► FAILED     ─call_ended/stop─► CLOSED
+    ESTABLISHED ─node_lost─► RELOCATING ─reforked─► ESTABLISHED (fork re-created on the node
+                             that now carries the call; README "After a node loss")
+    RELOCATING ─error (no carrier, re-fork failed)/call_ended/stop─► TERMINATING (BYE)
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ class State(StrEnum):
     INVITING = "inviting"  # INVITE out to an SRS of the group
     ESTABLISHED = "established"  # the SRS answered 2xx; media flows to it
     PAUSED = "paused"  # a=inactive towards the SRS, no subscription in rtpengine
+    RELOCATING = "relocating"  # its rtpengine node was lost: re-forking on the carrier
     TERMINATING = "terminating"  # BYE out
     CLOSED = "closed"  # over
     FAILED = "failed"  # never established, or its SRS was lost mid-call
@@ -55,6 +59,8 @@ class Ev(StrEnum):
     SRS_LOST = "srs_lost"  # the SRS stopped answering (probes, in-dialog timeout, 408/481)
     CALL_ENDED = "call_ended"
     STOP = "stop"  # operator asked to stop
+    NODE_LOST = "node_lost"  # the rtpengine node holding the fork stopped answering pings
+    REFORKED = "reforked"  # the fork runs again on the node that carries the call
     DONE = "done"
 
 
@@ -69,20 +75,28 @@ TRANSITIONS: dict[State, dict[Ev, State]] = {
     _S.INVITING: {_E.ANSWERED: _S.ESTABLISHED, _E.REJECTED: _S.SUBSCRIBED,
                   _E.ERROR: _S.FAILED, _E.CALL_ENDED: _S.CLOSED, _E.STOP: _S.CLOSED},
     _S.ESTABLISHED: {_E.UPDATE: _S.ESTABLISHED, _E.PAUSE: _S.PAUSED,
+                     _E.NODE_LOST: _S.RELOCATING,
                      _E.SRS_BYE: _S.CLOSED, _E.SRS_LOST: _S.FAILED,
                      _E.CALL_ENDED: _S.TERMINATING, _E.STOP: _S.TERMINATING,
                      _E.ERROR: _S.TERMINATING},
     _S.PAUSED: {_E.UPDATE: _S.PAUSED, _E.RESUME: _S.ESTABLISHED,
+                _E.NODE_LOST: _S.PAUSED,  # nothing forked; a resume subscribes on the carrier
                 _E.SRS_BYE: _S.CLOSED, _E.SRS_LOST: _S.FAILED,
                 _E.CALL_ENDED: _S.TERMINATING, _E.STOP: _S.TERMINATING,
                 _E.ERROR: _S.TERMINATING},
+    _S.RELOCATING: {_E.REFORKED: _S.ESTABLISHED, _E.UPDATE: _S.RELOCATING,
+                    _E.NODE_LOST: _S.RELOCATING,
+                    _E.PAUSE: _S.PAUSED,  # a pause in flight when the node died
+                    _E.SRS_BYE: _S.CLOSED, _E.SRS_LOST: _S.FAILED,
+                    _E.CALL_ENDED: _S.TERMINATING, _E.STOP: _S.TERMINATING,
+                    _E.ERROR: _S.TERMINATING},
     _S.TERMINATING: {_E.DONE: _S.CLOSED},
     _S.CLOSED: {},
     _S.FAILED: {},
 }
 
 OPEN_STATES = frozenset(s for s in State if s not in (State.CLOSED, State.FAILED))
-LIVE_STATES = frozenset({State.ESTABLISHED, State.PAUSED})
+LIVE_STATES = frozenset({State.ESTABLISHED, State.PAUSED, State.RELOCATING})
 
 
 @dataclass
@@ -93,7 +107,7 @@ class Tx:
     method: str
     cseq: int
     deadline: float
-    purpose: str  # invite, update, snapshot, pause, resume, resubscribe, bye
+    purpose: str  # invite, update, snapshot, pause, resume, resubscribe, refork_sub, refork, bye
     sdp: bytes = b""  # the offer this request carries, if any
     holds: frozenset[str] | None = None  # the holds a metadata update announces
 

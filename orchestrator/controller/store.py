@@ -213,14 +213,14 @@ class SessionStore:
                 if crows:
                     self._db.executemany(
                         "INSERT INTO calls VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
-                        "ON CONFLICT(call_id) DO UPDATE SET grp=excluded.grp, "
+                        "ON CONFLICT(call_id) DO UPDATE SET node=excluded.node, grp=excluded.grp, "
                         "slots=excluded.slots, required=excluded.required, "
                         "record_local=excluded.record_local, ended=excluded.ended, "
                         "end_reason=excluded.end_reason", crows)
                 if srows:
                     self._db.executemany(
                         "INSERT INTO sessions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
-                        "ON CONFLICT(session_id) DO UPDATE SET state=excluded.state, "
+                        "ON CONFLICT(session_id) DO UPDATE SET node=excluded.node, state=excluded.state, "
                         "reason=excluded.reason, srs_uri=excluded.srs_uri, "
                         "rs_call_id=excluded.rs_call_id, data=excluded.data, "
                         "updated=excluded.updated, established=excluded.established, "

@@ -144,6 +144,10 @@ class TagInfo:
         return bool(self.subscriptions) and all(t == "pub/sub" for _, t in self.subscriptions)
 
 
+_STATIC_PT = {"PCMU/8000": 0, "GSM/8000": 3, "PCMA/8000": 8, "G722/8000": 9,
+              "G729/8000": 18}
+
+
 class CallInfo:
     """``query`` reply: participants, totals, and the counts a table needs.
 
@@ -186,6 +190,34 @@ class CallInfo:
                 raise tat.key(k).fail(v, "a dictionary")
             out[text(k)] = TagInfo.from_raw(v, tat.key(k))
         return out
+
+    def leg_sdp(self, tag: str) -> str:
+        """An SDP for leg ``tag`` rebuilt from this reply: per media the address and port
+        the leg sends from (its ``endpoint``), the protocol and the codec. rtpengine 10.5
+        does not replicate a leg's SDP through Redis; offering/answering this on a mirror
+        lets it fork the call again (README "After a node loss")."""
+        at = self._at.key("tags").key(tag)
+        tags = self.reply.plain().get("tags") or {}
+        leg = tags.get(tag) if isinstance(tags, dict) else None
+        medias = leg.get("medias") if isinstance(leg, dict) else None
+        if not isinstance(medias, list) or not medias:
+            raise at.key("medias").fail(medias, "a non-empty list")
+        lines: list[str] = []
+        first_addr = ""
+        for i, m in enumerate(medias):
+            streams = m.get("streams") if isinstance(m, dict) else None
+            ep = streams[0].get("endpoint") if isinstance(streams, list) and streams \
+                and isinstance(streams[0], dict) else None
+            if not isinstance(ep, dict) or "address" not in ep or "port" not in ep:
+                raise at.key("medias").index(i).fail(ep, "a stream with an endpoint")
+            codec = str(m.get("codec") or "PCMA/8000")
+            pt = _STATIC_PT.get(codec.upper(), 96)
+            first_addr = first_addr or str(ep["address"])
+            lines += [f"m={m.get('type', 'audio')} {int(ep['port'])} "
+                      f"{m.get('protocol', 'RTP/AVP')} {pt}",
+                      f"c=IN IP4 {ep['address']}", f"a=rtpmap:{pt} {codec}", "a=sendrecv"]
+        head = ["v=0", f"o=- 1 2 IN IP4 {first_addr}", "s=-", "t=0 0"]
+        return "\r\n".join(head + lines) + "\r\n"
 
     def counters(self) -> dict[str, tuple[int, int]]:
         """``{tag: (packets, bytes)}`` rtpengine received per call tag, summed over its
