@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -39,7 +40,7 @@ from orchestrator.lab import sipp  # noqa: E402
 from orchestrator.lab.events import EventReader  # noqa: E402
 from orchestrator.lab.run import local_srs, trunk_addr  # noqa: E402
 from orchestrator.lab.stack import LabStack  # noqa: E402
-from orchestrator.site import load  # noqa: E402
+from orchestrator.site import load, validate_data  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -132,7 +133,14 @@ def main() -> int:
     args = ap.parse_args()
     if args.profile:
         os.environ["SIPRECCTL_PROFILE"] = str(Path(args.profile).resolve())
-    site = load(None)
+    # the lab site with rtpengine's port range sized for the rate, as the e2e benchmark does
+    # (a recorded call holds 8 ports for its length + delete-delay + 1 s; the lab's 1000
+    # ports run out at 40 calls/s of 2 s and rtpengine answers 503)
+    data = load(None).model_dump(mode="json", exclude_none=True)
+    ports = math.ceil(args.rate * (args.duration + data["media"]["delete_delay"] + 1) * 8 * 1.25)
+    data["media"]["nodes"][0]["ports"] = {"port_min": 20000,
+                                          "port_max": min(65000, 20000 + max(1000, ports))}
+    site = validate_data(data, file="<bench site>")
     work = Path(tempfile.mkdtemp(prefix="siprecctl-bench-"))
     results: list[dict[str, Any]] = []
     with LabStack(site, work, srs=local_srs(site, work)) as stack:
