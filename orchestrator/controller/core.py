@@ -351,10 +351,16 @@ class CallCore:
         roles.update({x.sub_to_tag: f"srs {x.srs_uri or '?'}" for x in sessions})
         return roles
 
+    def _forking_since(self) -> float | None:
+        """The earliest set-up of a session still forking (None: none was)."""
+        ts = [s.established_at for s in self.sessions.values()
+              if s.open and s.established_at is not None]
+        return min(ts) if ts else None
+
     def _unsubscribe(self, s: RecordingSession) -> None:
         """Stop forking to ``s`` — after reading rtpengine's counters (the evidence)."""
         self._emit(QueryMedia(s.session_id, self.node, self.call_id, self._roles([s]),
-                              "before unsubscribe"))
+                              "before unsubscribe", s.established_at))
         self._emit(Unsubscribe(s.session_id, self.node, self.call_id, s.sub_to_tag))
 
     def _new_session(self, slot: int, now: float) -> RecordingSession:
@@ -564,7 +570,8 @@ class CallCore:
             # by Call-ID at once (FIELD-NOTES: the reverse order leaks the call)
             if self.had_subscription and self.node != self.lost_node:
                 self._emit(QueryMedia(None, self.node, self.call_id,
-                                      self._roles(list(self.sessions.values())), "call end"))
+                                      self._roles(list(self.sessions.values())), "call end",
+                                  self._forking_since()))
                 for s in self.sessions.values():
                     if s.node == self.node:
                         self._emit(Unsubscribe(s.session_id, self.node, self.call_id,
@@ -575,7 +582,8 @@ class CallCore:
         elif self.had_subscription:
             # the edge deleted the call; within delete-delay rtpengine still has its counters
             self._emit(QueryMedia(None, self.node, self.call_id,
-                                  self._roles(list(self.sessions.values())), "call end"))
+                                  self._roles(list(self.sessions.values())), "call end",
+                                  self._forking_since()))
             self._emit(DeleteCall(self.node, self.call_id))
         elif self.via is not None:  # edge lost: nobody else deletes the call
             self._emit(DeleteCall(self.node, self.call_id))

@@ -170,6 +170,9 @@ class QueryMedia:
     call_id: str
     roles: dict[str, str]
     why: str
+    # the earliest time the recordings queried were known to be forking (their set-up):
+    # when the node no longer knows the call, the loss is counted from here
+    since: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -743,7 +743,13 @@ class Controller:
             elif isinstance(a, QueryMedia):
                 try:
                     info = self.pool.client(a.node).query(a.call_id)
-                except (NgError, NgTransportError) as exc:
+                except NgError as exc:
+                    if a.since is not None and "unknown call" in exc.reason.lower():
+                        self._media_state_lost(a, str(exc))
+                    else:
+                        log.debug("call %s: query for evidence: %s", a.call_id, exc)
+                    return
+                except NgTransportError as exc:
                     log.debug("call %s: query for evidence: %s", a.call_id, exc)
                     return
                 now = time.time()
@@ -809,6 +815,26 @@ class Controller:
                     log.error("call %s: could not end the call: %s", a.call_id, exc)
         except Exception:
             log.exception("call %s: %s failed", call_id, type(a).__name__)
+
+    def _media_state_lost(self, a: QueryMedia, why: str) -> None:
+        """The node no longer knows a call it was forking (rtpengine restarted without
+        Redis, or lost the call): its media and forks stopped at a time nobody observed, so
+        the loss is counted from the recordings' set-up — an upper bound."""
+        now = time.time()
+        assert a.since is not None
+        loss = Loss(a.call_id, a.session_id, None, "media_state_lost",
+                    round(max(0.0, now - a.since), 3),
+                    f"rtpengine {a.node} no longer knows the call at {a.why} ({why}): "
+                    "restarted or lost it; media and forks stopped at an unknown time "
+                    "since the set-up", now)
+        self.metrics.losses.labels(loss.reason).inc()
+        self.metrics.loss_seconds.labels(loss.reason).inc(loss.seconds)
+        log.warning("call %s: recording loss %s (%.2f s): %s", loss.call_id, loss.reason,
+                    loss.seconds, loss.detail)
+        try:
+            self.store.write(losses=[loss])
+        except SiprecctlError as exc:
+            log.error("state store: %s", exc)
 
     def _edge_send(self, link: EdgeLink, cmd: dict[str, Any]) -> None:
         """An evapi command; in a pair it carries the lease epoch, and the edge drops one

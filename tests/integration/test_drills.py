@@ -279,3 +279,42 @@ def test_stalled_controller_never_sets_up_an_ended_call(
     short_rs = {x["rs_call_id"] for c in short for x in sessions_of(stack, c.call_id)}
     assert not (new_rs & short_rs)
     assert tcp_open("127.0.0.1", stack.site.controller.api.port)
+
+
+def test_rtpengine_restarted_mid_call_is_a_counted_loss(
+        drill: tuple[LabStack, KillableSrs]) -> None:
+    """rtpengine restarted (no Redis: it forgets every call) under a recorded call: the
+    media and the fork stop, and at the call's end the node no longer knows the call — the
+    controller counts the recording as lost (``media_state_lost`` from the set-up, an upper
+    bound; or ``node_lost`` if its pings saw the node down meanwhile) instead of closing
+    it as complete."""
+    stack, _ = drill
+    uri_b = stack.site.recording.srs_groups[0].servers[1].uri
+    wait(lambda: srs_up(stack, uri_b), 10, "the prober to see SRS b up")
+    call = new_call(stack)
+    rtp = stack.daemons[0]
+    try:
+        first = wait(lambda: next((s for s in sessions_of(stack, call.call_id)
+                                   if s["state"] == "established"), None), 10, "recorded")
+        time.sleep(1.0)
+        restarted = time.time()
+        rtp.stop()
+        rtp.start()
+        rtp.wait_ready(10)
+        time.sleep(1.0)
+    finally:
+        call.bye()
+        call.close()
+    ended = time.time()
+    losses = wait(lambda: losses_of(stack, call.call_id), 10, "the loss record")
+    reasons = {x["reason"] for x in losses}
+    print(f"\nrtpengine restart: losses {[(x['reason'], x['seconds']) for x in losses]}")
+    assert reasons and reasons <= {"media_state_lost", "node_lost"}, losses
+    lost = sum(float(x["seconds"]) for x in losses)
+    assert lost >= ended - restarted - 0.5  # at least the time without media is counted
+    if "media_state_lost" in reasons:
+        assert lost <= ended - first["established_at"] + 1.0
+        assert stack.metrics().get(
+            'siprecctl_recording_losses_total{reason="media_state_lost"}', 0) >= 1
+    wait(lambda: all(x["state"] in ("closed", "failed")
+                     for x in sessions_of(stack, call.call_id)), 10, "the session closed")

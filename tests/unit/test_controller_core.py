@@ -22,6 +22,7 @@ from orchestrator.controller.messages import (
     Operator,
     Persist,
     PersistCall,
+    QueryMedia,
     Reply,
     SendInvite,
     SendRequest,
@@ -548,3 +549,19 @@ def test_call_ending_while_an_update_is_pending_still_closes_in_order(reply: int
     assert bye.method == "BYE"
     h.answer(bye)
     assert h.session().state is State.CLOSED and h.core.done
+
+
+def test_evidence_queries_carry_the_time_the_forks_were_set_up() -> None:
+    """A node that no longer knows the call at its end (restarted without Redis) makes the
+    driver count ``media_state_lost`` from the set-up: the query carries that time."""
+    h = Harness()
+    h.establish()
+    est = h.session().established_at
+    acts = h.feed(CallEnded("edge1", "call-1", T0 + 30, by="callee"), 30)
+    q = h.last(QueryMedia, acts)
+    assert q.why == "call end" and q.since == est and est is not None
+    # a session never set up has nothing to lose: no time
+    h2 = Harness()
+    h2.start()
+    acts = h2.feed(CallEnded("edge1", "call-1", T0 + 1, by="callee"), 1)
+    assert all(a.since is None for a in acts if isinstance(a, QueryMedia))
