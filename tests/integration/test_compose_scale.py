@@ -77,6 +77,7 @@ class ScaleLab:
     work: Path
     env: dict[str, str]
     timings: dict[str, float] = field(default_factory=dict)
+    last_show: str = ""  # the last `siprecctl edge rtpengine show` output
 
     @property
     def data(self) -> Path:
@@ -208,8 +209,11 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScaleLab]:
             wait_for(lambda i=i: _connected(lab, i.name), 60, f"{i.name} connected", 0.5)
         health = lab.health(lab.leader())
         assert health and health["srs"] and all(health["srs"].values()), health
-        wait_for(lambda: _rtpengine_enabled(lab), 30, "the edges' rtpengine nodes enabled",
-                 0.5)
+        try:
+            wait_for(lambda: _rtpengine_enabled(lab), 30, "the edges' rtpengine nodes "
+                     "enabled", 0.5)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; last `edge rtpengine show`:\n{lab.last_show}") from None
         lab.timings["ready"] = time.monotonic() - t0 - sum(lab.timings.values())
         yield lab
     finally:
@@ -235,12 +239,17 @@ def _connected(lab: ScaleLab, instance: str) -> bool:
 
 
 def _rtpengine_enabled(lab: ScaleLab) -> bool:
+    """Each edge has the nodes of its set enabled (as its Kamailio sees them, over JSON-RPC
+    from a controller's host)."""
     proc = lab.compose("exec", "-T", "ctl-1", "siprecctl", "edge", "rtpengine", "show",
                        "--site", "/etc/siprecctl/site.yaml", "--json", check=False, timeout=30)
+    lab.last_show = proc.stdout + proc.stderr
     if proc.returncode != 0:
         return False
-    nodes = [n for row in json.loads(proc.stdout) for n in row.get("nodes", [])]
-    return len(nodes) == len(lab.site.media.nodes) and all(n["enabled"] for n in nodes)
+    rows = {row["edge"]: {n["node"]: n["enabled"] for n in row.get("nodes", [])}
+            for row in json.loads(proc.stdout)}
+    return all(rows.get(e.name, {}).get(n.name) is True for e in lab.site.edges
+               for n in lab.site.nodes_in_set(e.media_set))
 
 
 def _check_recorded(lab: ScaleLab, sessions: list[dict[str, Any]], edge: str,
