@@ -5,10 +5,10 @@ two SRSs. Recorded calls go through both edges and are checked where they land (
 session records, the nodes' pcaps, the pair's state in Redis through the API); exactly one
 controller leads. Then the leading controller's container is SIGKILLed during live calls:
 the standby takes over within 3 s, adopts the live calls (none duplicated, none orphaned)
-and records new ones through both edges; the killed one, started again, stands by. The lab
-is torn down whatever happened. Changed from the shipped files: directories only (the
-site's secrets_dir and the compose host paths point into the test's tmp dir), and the
-compose project name."""
+and records new ones through both edges; the killed one, started again, stands by, and
+takes over in turn when the new leader is killed. The lab is torn down whatever happened.
+Changed from the shipped files: directories only (the site's secrets_dir and the compose
+host paths point into the test's tmp dir), and the compose project name."""
 
 from __future__ import annotations
 
@@ -78,6 +78,10 @@ class ScaleLab:
     env: dict[str, str]
     timings: dict[str, float] = field(default_factory=dict)
     last_show: str = ""  # the last `siprecctl edge rtpengine show` output
+    takeovers: list[float] = field(default_factory=list)
+    # controllers whose container is killed: not asked (their address no longer answers ARP,
+    # so a request would wait for its whole timeout)
+    killed: set[str] = field(default_factory=set)
 
     @property
     def data(self) -> Path:
@@ -116,14 +120,15 @@ class ScaleLab:
             return None
         return doc if code == 200 else None
 
+    def acts(self, instance: str) -> bool:
+        """Does ``instance`` say it leads and acts?"""
+        h = self.health(instance)
+        return bool(h and h["leader"] and h["leader"]["acting"])
+
     def acting(self) -> list[str]:
         """The instances that say they lead and act."""
-        out = []
-        for i in self.site.controller.instances:
-            h = self.health(i.name)
-            if h and h["leader"] and h["leader"]["acting"]:
-                out.append(i.name)
-        return out
+        return [i.name for i in self.site.controller.instances
+                if i.name not in self.killed and self.acts(i.name)]
 
     def leader(self) -> str:
         """The one acting instance (waits for it; fails when both act)."""
@@ -299,10 +304,30 @@ def test_calls_through_both_edges_recorded_one_leader(lab: ScaleLab) -> None:
     lab.timings["calls"] = time.monotonic() - t0
 
 
-def test_leader_sigkilled_the_standby_takes_over(lab: ScaleLab) -> None:
-    t0 = time.monotonic()
+def kill_leader(lab: ScaleLab) -> tuple[str, str, float]:
+    """SIGKILL the leading controller's container; (killed, new leader, takeover seconds:
+    from before ``podman kill`` to the standby's ``/health`` saying it acts)."""
     leader = lab.leader()
     standby = next(i.name for i in lab.site.controller.instances if i.name != leader)
+    assert _connected(lab, standby), f"{standby} is not standing by"
+    container = lab.container(leader)
+    killed = time.monotonic()
+    subprocess.run(["podman", "kill", "--signal", "KILL", container], env=lab.env,
+                   capture_output=True, text=True, timeout=30, check=True)
+    lab.killed.add(leader)
+    wait_for(lambda: lab.acts(standby), 10, f"{standby} to lead", 0.05)
+    takeover = time.monotonic() - killed
+    lab.takeovers.append(takeover)
+    print(f"\ntakeover after SIGKILL of {leader}'s container: {takeover:.2f} s")
+    state = subprocess.run(["podman", "inspect", "--format", "{{.State.Status}}", container],
+                           env=lab.env, capture_output=True, text=True, timeout=30,
+                           check=True).stdout.strip()
+    assert state == "exited", state
+    return leader, standby, takeover
+
+
+def test_leader_sigkilled_the_standby_takes_over(lab: ScaleLab) -> None:
+    t0 = time.monotonic()
     # one live call through each edge, long enough to outlast the takeover
     live = {"LIVE-A": lab.sipp("edge-a", 5066, 1, "LIVE-A", duration_ms=9000),
             "LIVE-B": lab.sipp("edge-b", 5068, 1, "LIVE-B", duration_ms=9000)}
@@ -313,13 +338,7 @@ def test_leader_sigkilled_the_standby_takes_over(lab: ScaleLab) -> None:
         peer = next(n for n in lab.site.nodes_in_set(0) if n.name != a["node"])
         with NgClient((peer.ng.address, peer.ng.port), timeout=2) as ng:
             wait_for(lambda: _holds(ng, a["call_id"]), 5, f"{peer.name} to mirror the call")
-        killed = time.monotonic()
-        subprocess.run(["podman", "kill", "--signal", "KILL", lab.container(leader)],
-                       env=lab.env, capture_output=True, text=True, timeout=30, check=True)
-        wait_for(lambda: lab.acting() == [standby], 10, f"{standby} to lead", 0.05)
-        takeover = time.monotonic() - killed
-        lab.timings["takeover"] = takeover
-        print(f"\ntakeover after SIGKILL of {leader}'s container: {takeover:.2f} s")
+        leader, standby, takeover = kill_leader(lab)
         assert takeover <= TAKEOVER_TARGET_S
         # new calls through both edges are recorded by the new leader
         new = {"AFTER-A": lab.sipp("edge-a", 5070, 2, "AFTER-A"),
@@ -342,18 +361,39 @@ def test_leader_sigkilled_the_standby_takes_over(lab: ScaleLab) -> None:
         assert any(h["event"] == "adopt" for h in s["history"]), s["history"]
         rec = lab.srs_record("srs1", s["rs_call_id"])
         orphaned += rec["bye_from"] != "src"
-    rs_ids = {r["call_id"] for srs in ("srs1", "srs2") for r in lab.srs_records(srs)}
-    open_at_srs = [r["call_id"] for srs in ("srs1", "srs2") for r in lab.srs_records(srs)
-                   if r["ended_at"] is None]
-    orphaned += len(open_at_srs) + len(lab.api("/sessions?open=1"))
-    print(f"sessions duplicated {duplicated}, orphaned {orphaned} "
-          f"({len(rs_ids)} SRS sessions in all)")
-    assert duplicated == 0 and orphaned == 0, open_at_srs
+    orphaned += _open_anywhere(lab)
+    print(f"sessions duplicated {duplicated}, orphaned {orphaned}")
+    assert duplicated == 0 and orphaned == 0
     # the killed controller, started again, stands by
     lab.compose("start", leader)
+    lab.killed.discard(leader)
     wait_for(lambda: _connected(lab, leader), 30, f"{leader} back", 0.2)
     assert lab.acting() == [standby]
     lab.timings["drill"] = time.monotonic() - t0
+
+
+def test_and_back_the_restarted_one_takes_over(lab: ScaleLab) -> None:
+    """The same the other way round (the pair is symmetric): the new leader killed, the
+    restarted controller takes over and records calls through both edges."""
+    t0 = time.monotonic()
+    _, _, takeover = kill_leader(lab)
+    assert takeover <= TAKEOVER_TARGET_S
+    new = {"BACK-A": lab.sipp("edge-a", 5074, 1, "BACK-A"),
+           "BACK-B": lab.sipp("edge-b", 5076, 1, "BACK-B")}
+    for what, p in new.items():
+        lab.done(p, what)
+    _check_recorded(lab, lab.sessions_of("BACK-A", 1), "edge-a")
+    _check_recorded(lab, lab.sessions_of("BACK-B", 1), "edge-b")
+    assert _open_anywhere(lab) == 0
+    print("takeovers (s): " + ", ".join(f"{t:.2f}" for t in lab.takeovers))
+    lab.timings["drill 2"] = time.monotonic() - t0
+
+
+def _open_anywhere(lab: ScaleLab) -> int:
+    """Sessions still open in the pair's store or at an SRS (every call has ended)."""
+    at_srs = [r["call_id"] for srs in ("srs1", "srs2") for r in lab.srs_records(srs)
+              if r["ended_at"] is None]
+    return len(at_srs) + len(lab.api("/sessions?open=1"))
 
 
 def _holds(ng: NgClient, call_id: str) -> bool:
