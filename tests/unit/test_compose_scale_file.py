@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import subprocess
+import tempfile
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -221,3 +223,19 @@ def test_scripts_compose_runs_the_scale_file() -> None:
     assert f'SIPRECCTL_COMPOSE_DIR="${{SIPRECCTL_COMPOSE_DIR:-{DIR}}}"' in script
     # and its own project name: it never takes down the single-box lab
     assert 'COMPOSE_PROJECT_NAME="${COMPOSE_PROJECT_NAME:-siprecctl-scale}"' in script
+
+
+def test_the_node_entry_refuses_bad_input_before_waiting() -> None:
+    """rtpengine-redis (the replicating node's entry): a usage error or an env file line that
+    is not KEY=VALUE exits 2 at once, naming the file — never waits, never starts rtpengine."""
+    entry = ROOT / "containers" / "rtpengine-redis" / "rtpengine-redis"
+    with tempfile.TemporaryDirectory() as tmp:
+        bad = PurePosixPath(tmp, "rtpengine-redis.env")
+        with open(bad, "w") as f:
+            f.write("# siprecctl\nRTPENGINE_REDIS_AUTH_PW=x\nrm -rf /\n")
+        for args, expected in (([str(bad), "198.18.2.40:6379"], "usage: rtpengine-redis"),
+                               ([str(bad), "198.18.2.40:6379", "--"],
+                                f"{bad}: not a KEY=VALUE line")):
+            proc = subprocess.run(["bash", str(entry), *args], capture_output=True, text=True,
+                                  timeout=5, check=False)
+            assert proc.returncode == 2 and expected in proc.stderr, proc.stderr
