@@ -225,7 +225,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScaleLab]:
         t1 = time.monotonic()
         logs = lab.compose("logs", check=False, timeout=120)
         (work / "compose.log").write_text(logs.stdout + logs.stderr)
-        lab.compose("down", check=False, timeout=300)
+        down = lab.compose("down", check=False, timeout=300)
+        (work / "down.log").write_text(down.stdout + down.stderr)
         lab.timings["down"] = time.monotonic() - t1
         print("\ncompose scale lab timings (s): "
               + ", ".join(f"{k} {v:.1f}" for k, v in lab.timings.items()))
