@@ -253,6 +253,10 @@ def _check_recorded(lab: ComposeLab, sessions: list[dict[str, Any]], srs: str) -
             # the controller's store (read-only, as an audit would) holds the same session
             stored = store.by_rs_call_id(s["rs_call_id"])
             assert stored is not None and stored.call_id == s["call_id"]
+            # the edge's own call record (acc → db_flatstore), the audit's evidence
+            acc = lab.data / "accounting" / lab.site.edges[0].name
+            assert any(s["call_id"] in f.read_text(errors="replace")
+                       for f in acc.glob("calls_*.log")), sorted(acc.iterdir())
     finally:
         store.close()
 

@@ -98,7 +98,10 @@ def test_daemons_run_the_rendered_configs_as_the_units_do() -> None:
     # includes it
     include = str(kamailio_include_path(SITE, edge.name))
     assert vols[include] == (include, "ro")
-    assert len(vols) == 2
+    # ... and writes its call records where the site says (the ledger's evidence)
+    acc = SITE.accounting.edge_dir(edge.name)
+    assert vols[acc] == (f"./.compose/accounting/{edge.name}", "rw")
+    assert len(vols) == 3
     rtp = SERVICES["rtpengine"]
     conf = f"{CONFIG_DIR}/rtpengine/{node.name}/rtpengine.conf"
     assert rtp["command"] == [f"--config-file={conf}"]
@@ -111,6 +114,7 @@ def test_daemons_run_the_rendered_configs_as_the_units_do() -> None:
     assert vols[SITE_FILE] == ("./examples/compose-lab.yaml", "ro")
     assert vols[SITE.security.secrets_dir] == (SITE.security.secrets_dir, "ro")
     assert vols[str(PurePosixPath(SITE.controller.store).parent)] == ("./.compose/state", "rw")
+    assert vols[SITE.accounting.dir] == ("./.compose/accounting", "ro")
 
 
 def test_hardened_and_no_secret_in_an_image() -> None:
