@@ -197,6 +197,11 @@ class Controller:
         self._ended_lock = threading.Lock()
         self._pending_answered = 0
         self._pending_lock = threading.Lock()
+        # a pair's new leader holds the edges' events until its takeover reconcile has
+        # applied: a core an event created first would not know the old leader's sessions
+        # (left open, or a second session on their slot); None: events flow
+        self._hold_lock = threading.Lock()
+        self._held: list[tuple[str, dict[str, Any]]] | None = [] if leadership else None
         self._inputs: deque[tuple[Any, ...]] = deque()
         self._cv = threading.Condition()
         self._deadlines: list[tuple[float, str]] = []
@@ -284,12 +289,25 @@ class Controller:
                 log.warning("controller %s leads (epoch %s): reconciling, then acting",
                             lead.instance, lead.epoch)
                 self.reconcile()
+                self._release_held()
             elif changed:
                 self.fence.epoch = None
                 self.metrics.leader.set(0)
                 log.error("controller %s lost the lease: it stops acting", lead.instance)
+                with self._hold_lock:
+                    self._held = []
                 self._put(("fn", self._forget_all))
             self._stop.wait(lead.interval)
+
+    def _release_held(self) -> None:
+        """After the takeover reconcile: the events that came meanwhile, in order."""
+        with self._hold_lock:
+            held, self._held = self._held or [], None
+            if held:
+                log.info("takeover: %d events held during the reconcile handled now",
+                         len(held))
+            for edge, doc in held:
+                self._take(edge, doc)
 
     def _forget_all(self, now: float) -> list[tuple[str, Action]]:
         """After losing the lease: drop every core (the new leader owns the calls now)."""
@@ -342,6 +360,15 @@ class Controller:
         self.metrics.events.labels(edge, kind).inc()
         if not self.acting:
             return  # a standby: the leader acts; a takeover starts from a reconcile
+        if self.leadership is not None:
+            with self._hold_lock:
+                if self._held is not None:
+                    self._held.append((edge, doc))
+                    return
+        self._take(edge, doc)
+
+    def _take(self, edge: str, doc: dict[str, Any]) -> None:
+        """Type an event and queue it for the core loop."""
         try:
             ev = parse_event(doc)
         except EvapiProtocolError as exc:
