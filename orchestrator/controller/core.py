@@ -127,6 +127,7 @@ def _metadata(rec: Recording) -> bytes:
 
 
 OTHER = {"caller": "callee", "callee": "caller"}
+ACK_GAP = 0.05  # seconds between the 2xx of the final update and the BYE (see _rs_reply)
 LATE_SETUP = 1.0  # seconds an answer may wait in the controller's queue before it counts
 _PURPOSE = {"snapshot": "complete snapshot requested by the SRS",
             "update": "metadata update (hold/resume)"}
@@ -630,6 +631,11 @@ class CallCore:
                 self._closed_after_bye(s, f"final update answered {r.code}", now)
             elif not ok:
                 s.note(f"final metadata update refused: {r.code} {r.reason}", now)
+            else:
+                # Kamailio's tm sends the ACK of this 2xx from the worker that received it,
+                # after the event that brought it here: a BYE sent at once can overtake
+                # it (measured under load: the SRS saw BYE, then ACK). A short wait first.
+                s.tx = Tx("ACK", r.cseq, now + ACK_GAP, "ack_gap")
             return  # the BYE follows (_settle)
         if tx.purpose == "bye":
             if not ok and r.code != 481:
@@ -1080,6 +1086,8 @@ class CallCore:
                 self._emit(CancelInvite(self.sip_edge, s.dialog.call_id, tx.cseq))
                 s.tx = None
                 s.note(f"final metadata update unanswered in {self.group.timeout:g} s", now)
+            elif tx.purpose == "ack_gap":
+                s.tx = None  # the BYE goes now (_settle)
             elif tx.purpose == "bye":
                 s.tx = None
                 self._loss(s, "bye_failed", 0.0, f"BYE to {s.srs_uri}: no answer in "

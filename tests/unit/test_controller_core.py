@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.controller.core import CallCore
+from orchestrator.controller.core import ACK_GAP, CallCore
 from orchestrator.controller.messages import (
     CancelInvite,
     EdgeSip,
@@ -95,7 +95,7 @@ class Harness:
 
     def answer(self, inv: SendInvite | SendRequest, code: int = 200, dt: float = 0.02,
                body: bytes | None = None, method: str | None = None) -> list[Any]:
-        return self.feed(RsReply(edge="edge1", rs_call_id=inv.rs_call_id,
+        acts = self.feed(RsReply(edge="edge1", rs_call_id=inv.rs_call_id,
                                  method=method or getattr(inv, "method", "INVITE"),
                                  cseq=inv.cseq, code=code, reason="OK" if code < 300 else "No",
                                  to_tag="srs-tag", from_tag="src-tag",
@@ -103,6 +103,11 @@ class Harness:
                                  content_type="application/sdp",
                                  body=srs_sdp() if body is None and code < 300 else body or b""),
                          dt)
+        if any(s.tx is not None and s.tx.purpose == "ack_gap"
+               for s in self.core.sessions.values()):
+            assert not [a for a in acts if isinstance(a, SendRequest) and a.method == "BYE"]
+            acts += self.feed(Tick(), ACK_GAP)  # the BYE waits for tm's ACK to go first
+        return acts
 
     def establish(self) -> SendInvite:
         inv = self.last(SendInvite, self.subscribed(self.start()))
