@@ -72,23 +72,13 @@ class _Clock:
 
 
 def _sessions(lab: Lab, call_ids: list[str]) -> dict[str, list[Any]]:
-    from ..controller.store import SessionStore
-
-    store = SessionStore(lab.site.controller.store, readonly=True)
-    try:
-        return {cid: store.for_call(cid) for cid in call_ids}
-    finally:
-        store.close()
+    with lab.store() as store:
+        return {cid: store.for_call(cid) if store else [] for cid in call_ids}
 
 
 def _losses(lab: Lab, call_id: str) -> list[dict[str, Any]]:
-    from ..controller.store import SessionStore
-
-    store = SessionStore(lab.site.controller.store, readonly=True)
-    try:
-        return store.losses(call_id=call_id)
-    finally:
-        store.close()
+    with lab.store() as store:
+        return store.losses(call_id=call_id) if store else []
 
 
 def _flush_srs(lab: Lab, clock: _Clock) -> None:
@@ -142,7 +132,9 @@ def _load(lab: Lab, res: DrillResult, *, calls: int, rate: float, duration: floa
     run = place_calls(lab, calls=calls, rate=rate, duration=duration, rtp=rtp, during=during,
                       label=f"drill {res.name}", settle=settle)
     res.run_id = run["run_id"]
-    rep = run_report(lab.dir, run, Path(lab.site.controller.store))
+    with lab.store() as store:
+        rep = run_report(lab.dir, run, store if store is not None
+                         else Path(lab.site.controller.store))
     res.counts.update(calls=rep["calls"]["answered"], placed=rep["calls"]["placed"],
                       failed=rep["calls"]["failed"],
                       recorded=rep["siprec"]["calls_established"],
