@@ -31,7 +31,7 @@ from .hosts import NETNS_SRS_RTP, Lab, proc_alive, srs_uris
 from .load import place_calls
 from .report import run_report, srs_records
 
-__all__ = ["DRILLS", "DrillResult", "run_drill"]
+__all__ = ["DRILLS", "DrillResult", "all_drills", "run_drill"]
 
 
 @dataclass
@@ -457,9 +457,22 @@ DRILLS: dict[str, tuple[Callable[[Lab, DrillResult], None], str]] = {
 
 def run_drill(lab: Lab, name: str) -> DrillResult:
     """Run drill ``name`` on the lab that is up; the result holds the verdict."""
-    if name not in DRILLS:
-        raise LabError(f"no drill {name!r} (drills: {', '.join(DRILLS)})")
-    fn, what = DRILLS[name]
+    from .scale import ScaleLab
+    from .scale_drills import SCALE_DRILLS
+
+    table: dict[str, tuple[Callable[[Any, DrillResult], None], str]] = \
+        dict(SCALE_DRILLS) if isinstance(lab, ScaleLab) else dict(DRILLS)
+    if name not in table:
+        raise LabError(f"no drill {name!r} for this lab (its drills: {', '.join(table)})")
+    fn, what = table[name]
     res = DrillResult(name, what)
     fn(lab, res)
     return res
+
+
+def all_drills() -> dict[str, str]:
+    """Every drill's name and what it does (the scale lab's marked so)."""
+    from .scale_drills import SCALE_DRILLS
+
+    return {**{n: w for n, (_, w) in DRILLS.items()},
+            **{n: f"{w} (scale lab)" for n, (_, w) in SCALE_DRILLS.items()}}

@@ -181,9 +181,13 @@ def run_report(lab_dir: Path, run: dict[str, Any], store_path: Path | Any,
         if not metas:
             r["problems"].append("no local recording")
             continue
-        found = [p for p in check_metafile(metas[0], required_keys=("call-id", "from", "to")
-                                           ).problems
-                 if rtp or not p.startswith(_NO_MEDIA)]  # a run without RTP has none
+        # with Redis replication the node's peer holds the call as a foreign call and
+        # writes a copy without packets in its own directory: one good copy is the recording
+        copies = [[p for p in check_metafile(m, required_keys=("call-id", "from", "to")
+                                             ).problems
+                   if rtp or not p.startswith(_NO_MEDIA)]  # a run without RTP has none
+                  for m in metas]
+        found = min(copies, key=len)
         if found:
             r["problems"] += [f"local recording: {p}" for p in found]
         else:
