@@ -360,15 +360,18 @@ def demo(args: argparse.Namespace) -> int:
     if lab.mode == "loopback":
         _say(f"lab: network namespaces cannot be used ({lab.reg['fallback_reason']}): "
              f"hosts on loopback, ports 6100-6999")
+    rc: int | None = None
     try:
         lab.up(progress=lambda s: _say(f"lab up: {s}"))
         if not args.json:
             _show_status(lab, False)
         run = _place(lab, args, show=not args.json, label="demo")
+        if hasattr(lab, "pair"):  # the scale lab: its sessions are in its Redis, up only now
+            rc = _report(labdir, [run["run_id"]], None, args.json)
     finally:
         for line in lab.down():
             _say(f"lab down: {line}")
-    return _report(labdir, [run["run_id"]], None, args.json)
+    return rc if rc is not None else _report(labdir, [run["run_id"]], None, args.json)
 
 
 # ---------------------------------------------------------------------------- lab run

@@ -384,6 +384,9 @@ class ScaleLab(Lab):
         so the store's fence refuses any write)."""
         from ..controller.redis_store import Fence, RedisStore
 
+        if self.reg.get("state") == "down":
+            raise LabError("the scale lab keeps its sessions in its Redis, which runs while "
+                           "the lab is up: siprecctl lab report while it is up")
         with self.inside("redis"):
             client = self._redis_client()
             store = RedisStore(client, self.site.name, Fence("lab-reader"))
