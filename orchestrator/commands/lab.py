@@ -151,7 +151,7 @@ def _pair_status(lab: Any) -> dict[str, Any] | None:
     """The controller pair of a scale lab (who leads, the lease's epoch), else None."""
     if not hasattr(lab, "pair") or lab.reg.get("state") == "down":
         return None
-    return {"instances": lab.pair(), "lease": lab.lease()}
+    return {"instances": lab.pair(), "lease": lab.lease(), "nodes": lab.nodes()}
 
 
 def _print_pair(pair: dict[str, Any]) -> None:
@@ -164,6 +164,13 @@ def _print_pair(pair: dict[str, Any]) -> None:
                   i["open_sessions"]) for i in pair["instances"]],
                 title=f"controller pair: lease held by {lease.get('holder') or 'nobody'}, "
                       f"epoch {lease.get('epoch')}")
+    print_table(["node", "set", "weight", "NG", "running", "Redis db", "mirrors",
+                 "calls in its db"],
+                [(n["node"], n["set"], n["weight"], n["ng"], "yes" if n["running"] else "NO",
+                  "-" if n["redis_db"] is None else n["redis_db"],
+                  ", ".join(n["peers"]) or "-",
+                  "?" if n["calls_in_db"] is None else n["calls_in_db"])
+                 for n in pair["nodes"]], title="rtpengine nodes")
 
 
 def status(args: argparse.Namespace) -> int:

@@ -339,6 +339,30 @@ class ScaleLab(Lab):
         return {"holder": holder.decode() if holder else None,
                 "epoch": int(epoch) if epoch else None}
 
+    def nodes(self) -> list[dict[str, Any]]:
+        """Each rtpengine node: set, weight, its Redis database and peers, the calls its
+        database holds now (its own; ``None`` when Redis does not answer)."""
+        out = []
+        for n in self.site.media.nodes:
+            keys: int | None = None
+            if n.redis is not None:
+                try:
+                    with self.inside("redis"):
+                        client = self._redis_client(n.redis.db)
+                        try:
+                            keys = int(client.dbsize())
+                        finally:
+                            client.close()
+                except Exception:  # noqa: BLE001 - shown as unknown: status still works
+                    keys = None
+            rec = self.reg["processes"].get(n.name, {})
+            out.append({"node": n.name, "set": n.set, "weight": n.weight,
+                        "ng": f"{n.ng.address}:{n.ng.port}", "running": proc_alive(rec),
+                        "redis_db": n.redis.db if n.redis else None,
+                        "peers": list(n.redis.peers) if n.redis else [],
+                        "calls_in_db": keys})
+        return out
+
     def leader(self) -> str | None:
         """The instance that acts now (None: nobody)."""
         acting = [p["instance"] for p in self.pair() if p["acting"]]

@@ -74,6 +74,11 @@ def test_the_pair_one_leads_with_the_lease_epoch(lab: ScaleLab) -> None:
     assert lease["holder"] == leading[0]["instance"]
     assert lease["epoch"] == leading[0]["epoch"] >= 1
     assert all(p["edges"] == {"edge-a": True, "edge-b": True} for p in pair)
+    nodes = {n["node"]: n for n in lab.nodes()}
+    assert list(nodes) == ["rtp-a1", "rtp-a2", "rtp-b1"]
+    assert [(n["set"], n["redis_db"], n["peers"]) for n in nodes.values()] == [
+        (0, 1, ["rtp-a2"]), (0, 2, ["rtp-a1"]), (1, 3, [])]
+    assert all(n["running"] and n["calls_in_db"] is not None for n in nodes.values())
 
 
 def test_recorded_calls_through_both_edges(lab: ScaleLab) -> None:
