@@ -129,3 +129,11 @@ def test_drills_belong_to_their_topology(tmp_path: Path,
                                           (0, 2, [0, 0]), (5, 1, [5])])
 def test_calls_spread_over_edges(n: int, parts: int, want: list[int]) -> None:
     assert _spread(n, parts) == want
+
+
+def test_drill_list_names_the_scale_drills(capsys: pytest.CaptureFixture[str]) -> None:
+    from orchestrator.cli import main
+
+    assert main(["lab", "drill", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "leader-kill" in out and "leader-redis-partition" in out and "srs-kill" in out
