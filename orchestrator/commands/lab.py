@@ -165,11 +165,11 @@ def _print_pair(pair: dict[str, Any]) -> None:
                 title=f"controller pair: lease held by {lease.get('holder') or 'nobody'}, "
                       f"epoch {lease.get('epoch')}")
     print_table(["node", "set", "weight", "NG", "running", "Redis db", "mirrors",
-                 "calls in its db"],
+                 "keys in its db"],
                 [(n["node"], n["set"], n["weight"], n["ng"], "yes" if n["running"] else "NO",
                   "-" if n["redis_db"] is None else n["redis_db"],
                   ", ".join(n["peers"]) or "-",
-                  "?" if n["calls_in_db"] is None else n["calls_in_db"])
+                  "?" if n["keys_in_db"] is None else n["keys_in_db"])
                  for n in pair["nodes"]], title="rtpengine nodes")
 
 

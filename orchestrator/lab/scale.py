@@ -340,8 +340,9 @@ class ScaleLab(Lab):
                 "epoch": int(epoch) if epoch else None}
 
     def nodes(self) -> list[dict[str, Any]]:
-        """Each rtpengine node: set, weight, its Redis database and peers, the calls its
-        database holds now (its own; ``None`` when Redis does not answer)."""
+        """Each rtpengine node: set, weight, its Redis database and peers, the keys its
+        database holds now (its calls, kept until ``redis-expires``; ``None`` when Redis
+        does not answer)."""
         out = []
         for n in self.site.media.nodes:
             keys: int | None = None
@@ -360,7 +361,7 @@ class ScaleLab(Lab):
                         "ng": f"{n.ng.address}:{n.ng.port}", "running": proc_alive(rec),
                         "redis_db": n.redis.db if n.redis else None,
                         "peers": list(n.redis.peers) if n.redis else [],
-                        "calls_in_db": keys})
+                        "keys_in_db": keys})
         return out
 
     def leader(self) -> str | None:

@@ -78,7 +78,7 @@ def test_the_pair_one_leads_with_the_lease_epoch(lab: ScaleLab) -> None:
     assert list(nodes) == ["rtp-a1", "rtp-a2", "rtp-b1"]
     assert [(n["set"], n["redis_db"], n["peers"]) for n in nodes.values()] == [
         (0, 1, ["rtp-a2"]), (0, 2, ["rtp-a1"]), (1, 3, [])]
-    assert all(n["running"] and n["calls_in_db"] is not None for n in nodes.values())
+    assert all(n["running"] and n["keys_in_db"] is not None for n in nodes.values())
 
 
 def test_recorded_calls_through_both_edges(lab: ScaleLab) -> None:
