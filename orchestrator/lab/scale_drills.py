@@ -202,9 +202,11 @@ def _pair_drill(lab: ScaleLab, res: DrillResult, fault: str) -> None:
     res.check(f"the standby took over within {TAKEOVER_S:g} s",
               takeover is not None and takeover <= TAKEOVER_S,
               "never" if takeover is None else f"{takeover:.2f} s")
+    mute = sum(1 for _, smp in watch.samples if any(v is None for v in smp.values()))
     res.check("never two controllers acting at once", not overlap,
               f"{len(overlap)} samples with both acting" if overlap else
-              f"{len(watch.samples)} samples of both instances")
+              f"{len(watch.samples)} samples of both instances; in {mute} one did not "
+              "answer (killed, or cut off from the Redis its /health reads)")
     res.check("calls up at the fault and calls arriving after it", live > 0 and new > 0,
               f"{live} up, {new} new")
     res.check("no session duplicated", not dups, ", ".join(dups[:3]))
