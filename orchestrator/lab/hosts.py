@@ -15,6 +15,9 @@ evapi and the API authenticate with the lab's own secrets in ``<lab dir>/secrets
 and media bind to the hosts' lab addresses, never to 0.0.0.0. Health: rtpengine answers
 NG ping, Kamailio JSON-RPC and SIP OPTIONS, the controller's ``/health`` shows its evapi
 connection, each SRS answers OPTIONS, the callee has its SIP port bound.
+
+A site with several edges or a controller pair gets the scale topology instead
+(:mod:`.scale`: a host per edge, node and controller instance, and one for Redis).
 """
 
 from __future__ import annotations
