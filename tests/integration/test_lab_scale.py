@@ -128,8 +128,10 @@ def test_drill_leader_redis_partition(lab: ScaleLab) -> None:
     _healthy(lab)
 
 
-@pytest.mark.xfail(strict=True, reason="controller: after Redis is cut off from the leader, "
-                   "the session of the call it was setting up at the cut stays open in the "
+# not strict: it happens in most runs (5 of 6 here), not all — the call being set up at the
+# cut must be at the right step
+@pytest.mark.xfail(strict=False, reason="controller: after Redis is cut off from the leader, "
+                   "the session of a call it was setting up at the cut may stay open in the "
                    "pair's store after the call ended (README 'The scale lab, drills and "
                    "benchmark', Known)")
 def test_partition_leaves_no_session_open() -> None:
