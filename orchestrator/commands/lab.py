@@ -68,7 +68,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("drill", help="a fault drill under load, with a verdict")
     p.add_argument("name", help="srs-kill, srs-partition, controller-kill, rtpengine-restart, "
-                   "kamailio-restart, rtp-loss (or 'list')")
+                   "kamailio-restart, rtp-loss; in the scale lab leader-kill, "
+                   "leader-redis-partition (or 'list')")
     _dir_arg(p)
     add_json_flag(p)
     p.set_defaults(func=drill)
@@ -125,10 +126,12 @@ def _show_status(lab: Any, as_json: bool) -> int:
     procs = lab.status()
     hosts = lab.hosts()
     ok = all(p.healthy for p in procs)
+    pair = _pair_status(lab)
     if as_json:
         print_json({"dir": str(lab.dir), "mode": lab.mode, "state": lab.reg["state"],
                     "fallback_reason": lab.reg.get("fallback_reason"), "hosts": hosts,
-                    "processes": [p.as_dict() for p in procs], "healthy": ok})
+                    "processes": [p.as_dict() for p in procs], "healthy": ok,
+                    **({"pair": pair} if pair else {})})
         return 0 if ok else 1
     print_table(["host", "namespace", "address", "link", "processes"],
                 [(h["host"], h["netns"] or "- (loopback)", h["address"],
@@ -139,7 +142,35 @@ def _show_status(lab: Any, as_json: bool) -> int:
                 [(p.host, p.name, p.pid, "ok" if p.healthy else
                   ("DOWN" if not p.running else "UNHEALTHY"), p.cpu_s, p.mem_mb, p.detail)
                  for p in procs])
+    if pair:
+        _print_pair(pair)
     return 0 if ok else 1
+
+
+def _pair_status(lab: Any) -> dict[str, Any] | None:
+    """The controller pair of a scale lab (who leads, the lease's epoch), else None."""
+    if not hasattr(lab, "pair") or lab.reg.get("state") == "down":
+        return None
+    return {"instances": lab.pair(), "lease": lab.lease(), "nodes": lab.nodes()}
+
+
+def _print_pair(pair: dict[str, Any]) -> None:
+    lease = pair["lease"]
+    print_table(["instance", "host", "running", "role", "epoch", "evapi", "open sessions"],
+                [(i["instance"], i["host"], "yes" if i["running"] else "NO",
+                  "LEADS" if i["acting"] else "standby", i["epoch"] or "-",
+                  ", ".join(f"{e} {'up' if up else 'DOWN'}"
+                            for e, up in (i["edges"] or {}).items()) or "-",
+                  i["open_sessions"]) for i in pair["instances"]],
+                title=f"controller pair: lease held by {lease.get('holder') or 'nobody'}, "
+                      f"epoch {lease.get('epoch')}")
+    print_table(["node", "set", "weight", "NG", "running", "Redis db", "mirrors",
+                 "keys in its db"],
+                [(n["node"], n["set"], n["weight"], n["ng"], "yes" if n["running"] else "NO",
+                  "-" if n["redis_db"] is None else n["redis_db"],
+                  ", ".join(n["peers"]) or "-",
+                  "?" if n["keys_in_db"] is None else n["keys_in_db"])
+                 for n in pair["nodes"]], title="rtpengine nodes")
 
 
 def status(args: argparse.Namespace) -> int:
@@ -263,17 +294,23 @@ def _report(labdir: Path, runs: list[str] | None, html_path: Path | None,
         from ..errors import LabError
 
         raise LabError(f"no lab in {labdir}")
-    store = Path(load(reg["site_file"]).controller.store)
+    lab = Lab.of(labdir, reg)
     records = srs_records(labdir)
-    reps = [run_report(labdir, r, store, records) for r in load_runs(labdir, runs)]
+    pair = _pair_status(lab)
+    with lab.store() as store:
+        src = store if store is not None else Path(load(reg["site_file"]).controller.store)
+        reps = [run_report(labdir, r, src, records) for r in load_runs(labdir, runs)]
     bench = _bench_figures(labdir)
     out = html_path or labdir / "report.html"
     out.write_text(html_page(reps, bench))
     if as_json:
-        print_json({"runs": reps, "bench": bench, "html": str(out)})
+        print_json({"runs": reps, "bench": bench, "html": str(out),
+                    **({"pair": pair} if pair else {})})
     else:
         for rep in reps:
             _print_report(rep)
+        if pair:
+            _print_pair(pair)
         if bench:
             _print_bench(bench)
         print(f"HTML report with plots: {out}")
@@ -300,11 +337,11 @@ def report(args: argparse.Namespace) -> int:
 
 
 def drill(args: argparse.Namespace) -> int:
-    from ..lab.drills import DRILLS, run_drill
+    from ..lab.drills import all_drills, run_drill
     from ..lab.hosts import Lab
 
     if args.name == "list":
-        print_table(["drill", "what"], [(n, w) for n, (_, w) in DRILLS.items()])
+        print_table(["drill", "what"], list(all_drills().items()))
         return 0
     res = run_drill(Lab.open(_labdir(args)), args.name)
     if args.json:
@@ -330,15 +367,18 @@ def demo(args: argparse.Namespace) -> int:
     if lab.mode == "loopback":
         _say(f"lab: network namespaces cannot be used ({lab.reg['fallback_reason']}): "
              f"hosts on loopback, ports 6100-6999")
+    rc: int | None = None
     try:
         lab.up(progress=lambda s: _say(f"lab up: {s}"))
         if not args.json:
             _show_status(lab, False)
         run = _place(lab, args, show=not args.json, label="demo")
+        if hasattr(lab, "pair"):  # the scale lab: its sessions are in its Redis, up only now
+            rc = _report(labdir, [run["run_id"]], None, args.json)
     finally:
         for line in lab.down():
             _say(f"lab down: {line}")
-    return _report(labdir, [run["run_id"]], None, args.json)
+    return rc if rc is not None else _report(labdir, [run["run_id"]], None, args.json)
 
 
 # ---------------------------------------------------------------------------- lab run

@@ -31,7 +31,7 @@ from .hosts import NETNS_SRS_RTP, Lab, proc_alive, srs_uris
 from .load import place_calls
 from .report import run_report, srs_records
 
-__all__ = ["DRILLS", "DrillResult", "run_drill"]
+__all__ = ["DRILLS", "DrillResult", "all_drills", "run_drill"]
 
 
 @dataclass
@@ -72,23 +72,13 @@ class _Clock:
 
 
 def _sessions(lab: Lab, call_ids: list[str]) -> dict[str, list[Any]]:
-    from ..controller.store import SessionStore
-
-    store = SessionStore(lab.site.controller.store, readonly=True)
-    try:
-        return {cid: store.for_call(cid) for cid in call_ids}
-    finally:
-        store.close()
+    with lab.store() as store:
+        return {cid: store.for_call(cid) if store else [] for cid in call_ids}
 
 
 def _losses(lab: Lab, call_id: str) -> list[dict[str, Any]]:
-    from ..controller.store import SessionStore
-
-    store = SessionStore(lab.site.controller.store, readonly=True)
-    try:
-        return store.losses(call_id=call_id)
-    finally:
-        store.close()
+    with lab.store() as store:
+        return store.losses(call_id=call_id) if store else []
 
 
 def _flush_srs(lab: Lab, clock: _Clock) -> None:
@@ -142,7 +132,9 @@ def _load(lab: Lab, res: DrillResult, *, calls: int, rate: float, duration: floa
     run = place_calls(lab, calls=calls, rate=rate, duration=duration, rtp=rtp, during=during,
                       label=f"drill {res.name}", settle=settle)
     res.run_id = run["run_id"]
-    rep = run_report(lab.dir, run, Path(lab.site.controller.store))
+    with lab.store() as store:
+        rep = run_report(lab.dir, run, store if store is not None
+                         else Path(lab.site.controller.store))
     res.counts.update(calls=rep["calls"]["answered"], placed=rep["calls"]["placed"],
                       failed=rep["calls"]["failed"],
                       recorded=rep["siprec"]["calls_established"],
@@ -465,9 +457,22 @@ DRILLS: dict[str, tuple[Callable[[Lab, DrillResult], None], str]] = {
 
 def run_drill(lab: Lab, name: str) -> DrillResult:
     """Run drill ``name`` on the lab that is up; the result holds the verdict."""
-    if name not in DRILLS:
-        raise LabError(f"no drill {name!r} (drills: {', '.join(DRILLS)})")
-    fn, what = DRILLS[name]
+    from .scale import ScaleLab
+    from .scale_drills import SCALE_DRILLS
+
+    table: dict[str, tuple[Callable[[Any, DrillResult], None], str]] = \
+        dict(SCALE_DRILLS) if isinstance(lab, ScaleLab) else dict(DRILLS)
+    if name not in table:
+        raise LabError(f"no drill {name!r} for this lab (its drills: {', '.join(table)})")
+    fn, what = table[name]
     res = DrillResult(name, what)
     fn(lab, res)
     return res
+
+
+def all_drills() -> dict[str, str]:
+    """Every drill's name and what it does (the scale lab's marked so)."""
+    from .scale_drills import SCALE_DRILLS
+
+    return {**{n: w for n, (_, w) in DRILLS.items()},
+            **{n: f"{w} (scale lab)" for n, (_, w) in SCALE_DRILLS.items()}}

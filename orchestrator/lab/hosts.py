@@ -15,6 +15,9 @@ evapi and the API authenticate with the lab's own secrets in ``<lab dir>/secrets
 and media bind to the hosts' lab addresses, never to 0.0.0.0. Health: rtpengine answers
 NG ping, Kamailio JSON-RPC and SIP OPTIONS, the controller's ``/health`` shows its evapi
 connection, each SRS answers OPTIONS, the callee has its SIP port bound.
+
+A site with several edges or a controller pair gets the scale topology instead
+(:mod:`.scale`: a host per edge, node and controller instance, and one for Redis).
 """
 
 from __future__ import annotations
@@ -303,12 +306,29 @@ class Lab:
         reg = cls.read_registry(labdir)
         if reg is None or reg.get("state") == "down":
             raise LabError(f"no lab is up in {labdir} (siprecctl lab up)")
-        return cls(labdir, reg)
+        return cls.of(labdir, reg)
+
+    @staticmethod
+    def of(labdir: Path, reg: dict[str, Any]) -> Lab:
+        """The lab of registry ``reg``: the single-box lab or the scale topology."""
+        if reg.get("topology") == "scale":
+            from .scale import ScaleLab
+
+            return ScaleLab(labdir, reg)
+        return Lab(labdir, reg)
 
     @classmethod
     def plan(cls, site: Site, labdir: Path, mode: str = "auto") -> Lab:
         """A new lab for ``site`` in ``labdir`` (nothing started yet). ``mode``: ``netns``,
-        ``loopback`` or ``auto`` (namespaces when possible, else loopback, saying why)."""
+        ``loopback`` or ``auto`` (namespaces when possible, else loopback, saying why).
+        A site with several edges or a controller pair gets the scale topology
+        (:mod:`.scale`)."""
+        from .scale import is_scale
+
+        if is_scale(site):
+            from .scale import ScaleLab
+
+            return ScaleLab.plan_scale(site, labdir, mode)
         why = netns.unavailable()
         if mode == "netns" and why:
             raise LabError(f"network namespaces are not available: {why}")
@@ -341,7 +361,10 @@ class Lab:
     @property
     def netplan(self) -> NetPlan | None:
         net = self.reg.get("net")
-        return NetPlan(net["prefix"], net["bridge"], net["subnet"]) if net else None
+        if not net:
+            return None
+        return NetPlan(net["prefix"], net["bridge"], net["subnet"],
+                       tuple(net.get("hosts", HOSTS)))
 
     @property
     def site(self) -> Site:
@@ -456,11 +479,13 @@ class Lab:
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         for n in self.site.media.nodes:
             (self.dir / "recordings" / n.name).mkdir(parents=True, exist_ok=True)
-        Path(self.site.edges[0].runtime_dir).mkdir(parents=True, exist_ok=True)
+        for e in self.site.edges:
+            Path(e.runtime_dir).mkdir(parents=True, exist_ok=True)
         if name == "callee":
             sipp.workdir(Path(spec["workdir"]))
+        env = env_file(Path(spec["env_file"])) if spec.get("env_file") else None
         d = Daemon(self.argv_in(spec["host"], spec["argv"]), Path(spec["workdir"]), name=name,
-                   log_path=Path(spec["log"]))
+                   log_path=Path(spec["log"]), env=env)
         d.start()
         assert d.pid is not None
         # recorded before we wait, so a crash now still leaves it to `lab down`
@@ -572,7 +597,7 @@ class Lab:
         """Each host: namespace (present?), address, link state, its processes."""
         plan = self.netplan
         out = []
-        for h in HOSTS:
+        for h in self.reg["hosts"]:
             ns = self.host_ns(h)
             present = bool(netns.existing([ns])) if ns else None
             link = netns.link_up(plan, h) if plan and present else None
@@ -583,6 +608,29 @@ class Lab:
         return out
 
     # ------------------------------------------------------------------ talking to it
+    def call_targets(self) -> list[tuple[str, str]]:
+        """(edge name, ``address:port`` of its UDP SIP listener) of every edge."""
+        out = []
+        for e in self.site.edges:
+            udp = next((ls for ls in e.listen if ls.proto == "udp"), e.listen[0])
+            out.append((e.name, f"{udp.address}:{udp.port}"))
+        return out
+
+    @contextlib.contextmanager
+    def store(self) -> Iterator[Any]:
+        """The controller's state store, read-only (None while it has none yet)."""
+        from ..controller.store import SessionStore
+
+        path = Path(self.site.controller.store)
+        if not path.exists():
+            yield None
+            return
+        store = SessionStore(path, readonly=True)
+        try:
+            yield store
+        finally:
+            store.close()
+
     def api(self, method: str, path: str, body: dict[str, Any] | None = None,
             timeout: float = 30.0) -> Any:
         """The controller's API (operator token), from the edge host."""
@@ -639,13 +687,27 @@ class Lab:
         return done
 
 
+def env_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines, as systemd's ``EnvironmentFile=`` reads the rendered ones."""
+    out = {}
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise LabError(f"{path}: {exc.strerror}") from exc
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            k, _, v = line.partition("=")
+            out[k.strip()] = v.strip()
+    return out
+
+
 def lab_down(labdir: Path, site: Site | None = None) -> list[str]:
     """``siprecctl lab down``: tear down the lab of ``labdir`` whatever state it is in;
     with no registry there, remove the namespaces ``site``'s lab section names, if any
     (leftovers of a lab whose directory is gone)."""
     reg = Lab.read_registry(labdir)
     if reg is not None:
-        return Lab(labdir, reg).down()
+        return Lab.of(labdir, reg).down()
     if site is None or netns.unavailable():
         return []
     plan = NetPlan.from_settings(site.lab)

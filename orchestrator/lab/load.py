@@ -121,24 +121,29 @@ def place_calls(lab: Lab, *, calls: int, rate: float, duration: float, rtp: bool
                 opt_out: int = 0, run_id: str | None = None, label: str = "",
                 progress: Callable[[CallProgress], None] | None = None,
                 during: Callable[[float], None] | None = None,
-                settle: float = 20.0) -> dict[str, Any]:
+                settle: float = 20.0, edges: list[str] | None = None) -> dict[str, Any]:
     """Place the calls (see the module docstring); returns the run record (also saved).
-    ``during(elapsed)`` is called about every 0.2 s while sipp runs (drills act there)."""
+    ``during(elapsed)`` is called about every 0.2 s while sipp runs (drills act there).
+    With several edges (the scale lab) the calls are spread evenly over ``edges`` (default
+    every edge), one sipp per edge and kind of call."""
     if calls < 1 or rate <= 0 or duration < 0 or not 0 <= opt_out <= calls:
         raise LabError("calls ≥ 1, rate > 0, duration ≥ 0 and 0 ≤ opt-out ≤ calls expected")
     run_id = run_id or _new_run_id()
     rdir = runs_dir(lab.dir) / run_id
     rdir.mkdir(parents=True, exist_ok=False)
     cwd = sipp.workdir(rdir)
-    edge = lab.site.edges[0]
-    udp = next((ls for ls in edge.listen if ls.proto == "udp"), edge.listen[0])
-    target = f"{udp.address}:{udp.port}"
+    targets = [t for t in lab.call_targets() if edges is None or t[0] in edges]
+    if not targets or (edges is not None and len(targets) != len(set(edges))):
+        raise LabError(f"edges {edges}: the lab's edges are "
+                       f"{', '.join(n for n, _ in lab.call_targets())}")
     caller = lab.address("caller")
     port = int(lab.reg["caller"]["port"])
     mp = lab.reg["caller"].get("media_port")
     tag = f"LAB-{run_id}"
     recorded = calls - opt_out
-    plan = [("rec", recorded, "yes"), ("optout", opt_out, "no")]
+    plan = [(edge, target, kind, n, x_record)
+            for kind, total, x_record in (("rec", recorded, "yes"), ("optout", opt_out, "no"))
+            for (edge, target), n in zip(targets, _spread(total, len(targets)), strict=True)]
     timeout = int(calls / rate + duration + 60)
     procs: list[tuple[str, subprocess.Popen[bytes], Path]] = []
     sampler = UsageSampler(lab)
@@ -149,10 +154,11 @@ def place_calls(lab: Lab, *, calls: int, rate: float, duration: float, rtp: bool
     with lab.events() as events:
         sampler.start()
         try:
-            for i, (kind, n, x_record) in enumerate(plan):
+            for i, (edge, target, kind, n, x_record) in enumerate(plan):
                 if n == 0:
                     continue
-                stat = rdir / f"sipp-{kind}.csv"
+                name = kind if len(targets) == 1 else f"{kind}-{edge}"
+                stat = rdir / f"sipp-{name}.csv"
                 extra = ["-trace_stat", "-stf", str(stat), "-fd", "1"]
                 if mp is not None:
                     extra += ["-mp", str(int(mp) + 10 * i)]
@@ -160,13 +166,13 @@ def place_calls(lab: Lab, *, calls: int, rate: float, duration: float, rtp: bool
                                      duration_ms=int(duration * 1000), record=x_record,
                                      customer=f"{tag}-{kind}", rate=max(0.1, rate * n / calls),
                                      rtp=rtp, timeout_s=timeout, extra=extra)
-                log = open(rdir / f"sipp-{kind}.log", "wb")
+                log = open(rdir / f"sipp-{name}.log", "wb")
                 try:
                     p = subprocess.Popen(lab.argv_in("caller", argv), cwd=cwd, stdout=log,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
                 finally:
                     log.close()
-                procs.append((kind, p, stat))
+                procs.append((name, p, stat))
             deadline = time.monotonic() + timeout + 30
             while True:
                 running = [p for _, p, _ in procs if p.poll() is None]
@@ -225,6 +231,11 @@ def place_calls(lab: Lab, *, calls: int, rate: float, duration: float, rtp: bool
     return record
 
 
+def _spread(n: int, parts: int) -> list[int]:
+    """``n`` split into ``parts`` near-equal counts (the first ones get the remainder)."""
+    return [n // parts + (1 if i < n % parts else 0) for i in range(parts)]
+
+
 def _tag(event: dict[str, Any]) -> str:
     headers = event.get("headers") or {}
     return str(headers.get("X-Customer-Id", "")) if isinstance(headers, dict) else ""
@@ -234,22 +245,16 @@ def _settle(lab: Lab, events: Any, tag: str, timeout: float) -> None:
     """Wait (bounded) until every answered call of the run ended at the edge, its
     recording sessions are closed in the controller's store, and each SRS wrote the
     records of the sessions that reached it."""
-    from ..controller.store import SessionStore
-
     deadline = time.monotonic() + timeout
-    store_path = Path(lab.site.controller.store)
     while time.monotonic() < deadline:
         evs = [e for e in list(events.events) if _tag(e).startswith(tag)]
         answered = {e["call_id"] for e in evs if e.get("event") == "answered"}
         over = {e["call_id"] for e in evs if e.get("event") in ("ended", "failed")}
         if answered <= over:
-            if not store_path.exists():
-                return
-            store = SessionStore(store_path, readonly=True)
-            try:
+            with lab.store() as store:
+                if store is None:
+                    return
                 sessions = [s for cid in answered for s in store.for_call(cid)]
-            finally:
-                store.close()
             if all(not s.open for s in sessions):
                 # sessions that reached an SRS that still runs (a killed one writes nothing)
                 alive = _running_srs_uris(lab)

@@ -89,9 +89,11 @@ def _leg_packets(rec: dict[str, Any], caller_aor: str) -> dict[str, int]:
     return out
 
 
-def run_report(lab_dir: Path, run: dict[str, Any], store_path: Path,
+def run_report(lab_dir: Path, run: dict[str, Any], store_path: Path | Any,
                records: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The figures of one run (see the module docstring) and its per-call rows."""
+    """The figures of one run (see the module docstring) and its per-call rows.
+    ``store_path``: the controller's SQLite store, or an open store (``Lab.store()``: the
+    pair's Redis store in the scale lab), left open."""
     from ..controller.store import SessionStore
     from ..recordings import check_metafile
 
@@ -103,7 +105,12 @@ def run_report(lab_dir: Path, run: dict[str, Any], store_path: Path,
     setups: list[float] = []
     losses: Counter[str] = Counter()
     loss_seconds = 0.0
-    store = SessionStore(store_path, readonly=True) if store_path.exists() else None
+    owned = isinstance(store_path, Path)
+    store: Any = None
+    if owned:
+        store = SessionStore(store_path, readonly=True) if store_path.exists() else None
+    else:
+        store = store_path
     try:
         for cid, c in calls.items():
             row: dict[str, Any] = {"call_id": cid, "rule": c.get("rule"),
@@ -162,7 +169,7 @@ def run_report(lab_dir: Path, run: dict[str, Any], store_path: Path,
                 row["problems"].append("no ended event from the edge")
             rows.append(row)
     finally:
-        if store is not None:
+        if store is not None and owned:
             store.close()
     # local recordings (rtpengine pcap + metadata)
     local_expected = [r for r in rows if r["local"]]
@@ -174,9 +181,13 @@ def run_report(lab_dir: Path, run: dict[str, Any], store_path: Path,
         if not metas:
             r["problems"].append("no local recording")
             continue
-        found = [p for p in check_metafile(metas[0], required_keys=("call-id", "from", "to")
-                                           ).problems
-                 if rtp or not p.startswith(_NO_MEDIA)]  # a run without RTP has none
+        # with Redis replication the node's peer holds the call as a foreign call and
+        # writes a copy without packets in its own directory: one good copy is the recording
+        copies = [[p for p in check_metafile(m, required_keys=("call-id", "from", "to")
+                                             ).problems
+                   if rtp or not p.startswith(_NO_MEDIA)]  # a run without RTP has none
+                  for m in metas]
+        found = min(copies, key=len)
         if found:
             r["problems"] += [f"local recording: {p}" for p in found]
         else:
