@@ -80,8 +80,14 @@ def _pair(args: argparse.Namespace, site: Any) -> tuple[Any, Any, Any]:
         site.redis.controller_db if site.redis is not None else 0)
     pw_file = args.redis_password_file or (site.redis_auth_file if site.redis else None)
     password = load_secret(pw_file) if pw_file else None
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    # no retries inside the client: a leader cut off from Redis must fail fast (the lease
+    # thread notices, the loop is not held up), and the next write or renewal tries anew
     client = redis.Redis(host=host, port=port, db=db, password=password,
-                         socket_timeout=1.0, socket_connect_timeout=1.0)
+                         socket_timeout=1.0, socket_connect_timeout=1.0,
+                         retry=Retry(NoBackoff(), 0))
     instance = args.instance or socket.gethostname()
     names = [i.name for i in site.controller.instances]
     if names and instance not in names:

@@ -1089,4 +1089,13 @@ class Controller:
                 "leader": None if self.leadership is None else {
                     "instance": self.leadership.instance, "acting": self.acting,
                     "epoch": self.leadership.epoch},
-                "losses": self.store.loss_counts()}
+                "losses": self._loss_counts()}
+
+    def _loss_counts(self) -> dict[str, int] | None:
+        """The store's loss counts; None when the store cannot be read (a pair's leader cut
+        off from Redis must still say, here, that it no longer acts)."""
+        try:
+            return self.store.loss_counts()
+        except Exception as exc:  # the Redis client's own errors are not in our tree
+            log.warning("health: the store cannot be read: %s", exc)
+            return None
