@@ -58,11 +58,18 @@ if redis.call('GET', p .. 'leader') ~= me or redis.call('GET', p .. 'epoch') ~= 
   return redis.error_reply('FENCED')
 end
 local doc = cjson.decode(ARGV[4])
+-- a session this batch closes frees its slot for a session this batch opens (an adopted
+-- set-up torn down and the slot set up again)
+local closing = {}
+for _, s in ipairs(doc.sessions) do
+  if not s.open then closing[s.id] = true end
+end
 for _, s in ipairs(doc.sessions) do
   local key = p .. 'open:' .. s.call_id .. ':' .. s.slot
   local cur = redis.call('GET', key)
   if s.open then
-    if cur and cur ~= s.id and redis.call('SISMEMBER', p .. 'sessions:open', cur) == 1 then
+    if cur and cur ~= s.id and not closing[cur]
+        and redis.call('SISMEMBER', p .. 'sessions:open', cur) == 1 then
       return redis.error_reply('DUPLICATE ' .. s.call_id .. ' slot ' .. s.slot)
     end
   end

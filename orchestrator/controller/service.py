@@ -91,10 +91,10 @@ from .messages import (
     Unsubscribe,
 )
 from .metrics import LedgerMonitor, Metrics
-from .redis_store import Fence
+from .redis_store import Fence, FencedOut
 from .selection import NodeProber, SrsProber, SrsSelector
 from .session import RecordingSession
-from .store import SessionStore, Store
+from .store import DuplicateSession, SessionStore, Store
 
 __all__ = ["Controller", "KeyedExecutor"]
 
@@ -719,13 +719,48 @@ class Controller:
                 self._resolve(a.token, a.ok, a.result)
             else:
                 io.append((call_id, a))
-        try:
-            self.store.write(sessions=sessions.values(), calls=calls.values(), losses=losses)
-        except SiprecctlError as exc:
-            log.error("state store: %s", exc)
-            self.metrics.events_total.labels("store_error").inc()
+        unwritten = self._persist(list(sessions.values()), list(calls.values()), losses)
         for call_id, a in io:
+            if call_id in unwritten:
+                # write-ahead: no SIP or NG for a state the store refused (a slot another
+                # session holds, a fenced-out pair member): acting on it would leave a
+                # second session, or one no store knows of to close after a takeover
+                log.error("call %s: %s not carried out: %s", call_id, type(a).__name__,
+                          unwritten[call_id])
+                self.metrics.events_total.labels("unwritten_action").inc()
+                continue
             self._io.submit(call_id, partial(self._do, call_id, a))
+
+    def _persist(self, sessions: list[RecordingSession], calls: list[CallRecord],
+                 losses: list[Loss]) -> dict[str, str]:
+        """One transaction for the batch; if refused, call by call. Returns the calls whose
+        state was refused and must not be acted on (why): a duplicate session or a fenced
+        writer always; any store error in a pair (the store is its fence). A single
+        controller whose SQLite fails still records (and logs the error)."""
+        try:
+            self.store.write(sessions=sessions, calls=calls, losses=losses)
+            return {}
+        except SiprecctlError as exc:
+            if not (sessions or calls or losses):
+                return {}
+            log.error("state store: %s (writing call by call)", exc)
+            self.metrics.events_total.labels("store_error").inc()
+        by_call: dict[str, tuple[list[RecordingSession], list[CallRecord], list[Loss]]] = {}
+        for s in sessions:
+            by_call.setdefault(s.call_id, ([], [], []))[0].append(s)
+        for c in calls:
+            by_call.setdefault(c.call_id, ([], [], []))[1].append(c)
+        for x in losses:
+            by_call.setdefault(x.call_id, ([], [], []))[2].append(x)
+        refused: dict[str, str] = {}
+        for call_id, (ss, cs, ls) in by_call.items():
+            try:
+                self.store.write(sessions=ss, calls=cs, losses=ls)
+            except SiprecctlError as exc:
+                log.error("call %s: state store: %s", call_id, exc)
+                if isinstance(exc, DuplicateSession | FencedOut) or self.leadership is not None:
+                    refused[call_id] = str(exc)
+        return refused
 
     def _observe(self, a: Observe) -> None:
         m = self.metrics

@@ -195,6 +195,9 @@ class SessionStore:
               media: Iterable[tuple[Any, ...]] = ()) -> None:
         """Everything of one batch in one transaction, committed before returning."""
         srows, hrows = [], []
+        # closed ones first: a batch that ends a slot's session and opens its successor
+        # must not meet the one-open-session-per-slot index in between
+        sessions = sorted(sessions, key=lambda s: s.open)
         for s in sessions:
             srows.append(_session_row(s))
             done = self._history_saved.get(s.session_id, 0)

@@ -106,6 +106,16 @@ def test_one_contract_for_both_stores(kind: str, redis_server: int, tmp_path: Pa
     store.save(dup)  # the first is over: a new one may open in its slot
     assert sorted(x.session_id for x in store.open_sessions()) == ["s2", "s3"]
     assert store.count_by_state() == {"failed": 1, "new": 2}
+    # one batch that ends a slot's session and opens its successor (an adopted set-up torn
+    # down and redone after a takeover), whatever the order in the batch
+    for first_new in (True, False):
+        old = dup if first_new else store.get("s4")
+        assert old is not None
+        new = _session("s4" if first_new else "s5")
+        old.handle(Ev.STOP, "set-up interrupted by a controller restart", 4.0)
+        store.write(sessions=[new, old] if first_new else [old, new])
+        assert sorted(x.session_id for x in store.open_sessions()) == sorted(
+            ["s3", new.session_id])
     store.close()
 
 
