@@ -109,6 +109,7 @@ EDGE_LOST_AFTER = 10.0
 # README "After a node loss": counters read twice this far apart find the node that carries
 # a lost node's call (its legs' packet counters grow)
 CARRIER_WINDOW = 0.25
+STANDBY_REPLIES_KEPT = 30.0  # seconds of the SRS replies a standby replays at its takeover
 NODE_PING_TIMEOUT = 0.5
 
 
@@ -202,6 +203,10 @@ class Controller:
         # (left open, or a second session on their slot); None: events flow
         self._hold_lock = threading.Lock()
         self._held: list[tuple[str, dict[str, Any]]] | None = [] if leadership else None
+        # ... and, while standing by, keeps the recording servers' final replies it heard:
+        # a 2xx that reached the old leader after it was cut off from the store is then
+        # known at the takeover, and the session it established at the SRS gets its BYE
+        self._standby_rs: deque[tuple[float, str, dict[str, Any]]] = deque(maxlen=4096)
         self._inputs: deque[tuple[Any, ...]] = deque()
         self._cv = threading.Condition()
         self._deadlines: list[tuple[float, str]] = []
@@ -302,9 +307,13 @@ class Controller:
     def _release_held(self) -> None:
         """After the takeover reconcile: the events that came meanwhile, in order."""
         with self._hold_lock:
-            held, self._held = self._held or [], None
+            recent = time.monotonic() - STANDBY_REPLIES_KEPT
+            heard = [(e, d) for ts, e, d in self._standby_rs if ts >= recent]
+            self._standby_rs.clear()
+            held, self._held = heard + (self._held or []), None
             if held:
-                log.info("takeover: %d events held during the reconcile handled now",
+                log.info("takeover: %d events (held during the reconcile, or SRS replies "
+                         "heard while standing by) handled now",
                          len(held))
             for edge, doc in held:
                 self._take(edge, doc)
@@ -359,6 +368,8 @@ class Controller:
         kind = str(doc.get("event", "?"))
         self.metrics.events.labels(edge, kind).inc()
         if not self.acting:
+            if kind == "rs_reply" and self.leadership is not None:
+                self._standby_rs.append((time.monotonic(), edge, doc))
             return  # a standby: the leader acts; a takeover starts from a reconcile
         if self.leadership is not None:
             with self._hold_lock:
@@ -448,6 +459,9 @@ class Controller:
     def _run_core(self, core: CallCore, inp: Input, now: float,
                   start: Callable[[], list[Action]] | None = None) -> list[tuple[str, Action]]:
         acts = start() if start is not None else core.handle(inp, now)
+        if start is not None:  # adopted sessions and abandoned INVITEs (a late 2xx: BYE)
+            for rs in core.rs_call_ids():
+                self._rs_index[rs] = core.call_id
         for a in acts:
             if isinstance(a, SendInvite | SendRequest):
                 self._rs_index[a.rs_call_id] = core.call_id
