@@ -378,7 +378,30 @@ def demo(args: argparse.Namespace) -> int:
     finally:
         for line in lab.down():
             _say(f"lab down: {line}")
-    return rc if rc is not None else _report(labdir, [run["run_id"]], None, args.json)
+    if rc is None:
+        rc = _report(labdir, [run["run_id"]], None, args.json)
+        if not args.json and not hasattr(lab, "pair"):
+            rc = max(rc, _audit(lab, run))
+    return rc
+
+
+def _audit(lab: Any, run: dict[str, Any]) -> int:
+    """The demo's completeness: ``siprecctl audit`` over the run's calls, from the edge's
+    own records, the controller's store, the local recordings and the SRSs' records."""
+    from datetime import datetime
+
+    from .audit import run as audit_run
+
+    reg = lab.reg
+    site = lab.site
+    print(f"\nsiprecctl audit {reg['site_file']} --since <the run's start> …", flush=True)
+    ns = argparse.Namespace(
+        site=reg["site_file"], until=None,
+        since=datetime.fromtimestamp(float(run["started_at"]) - 1.0).isoformat(),
+        store=site.controller.store, accounting=None, recordings=None, no_recordings=False,
+        srs_records=[lab.dir / "srs" / "srs1", lab.dir / "srs" / "srs2"], min_media=0.99,
+        html=lab.dir / "audit.html", force=True, json=False)
+    return int(audit_run(ns))
 
 
 # ---------------------------------------------------------------------------- lab run

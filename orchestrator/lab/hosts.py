@@ -159,6 +159,8 @@ def lab_site(site: Site, labdir: Path, plan: NetPlan | None) -> Site:
             s["uri"] = new_uri[s["uri"]]
     data["controller"]["store"] = str(labdir / "controller.sqlite")
     data["security"] = {"secrets_dir": str(labdir / "secrets")}
+    # the edge's own call records (the audit's evidence) in the lab too
+    data["accounting"] = {"dir": str(labdir / "accounting")}
     return validate_data(data, file="<lab site>")
 
 
@@ -481,6 +483,9 @@ class Lab:
             (self.dir / "recordings" / n.name).mkdir(parents=True, exist_ok=True)
         for e in self.site.edges:
             Path(e.runtime_dir).mkdir(parents=True, exist_ok=True)
+            # flatstore appends to files in an existing directory
+            Path(self.site.accounting.edge_dir(e.name)).mkdir(mode=0o700, parents=True,
+                                                              exist_ok=True)
         if name == "callee":
             sipp.workdir(Path(spec["workdir"]))
         env = env_file(Path(spec["env_file"])) if spec.get("env_file") else None
