@@ -1021,6 +1021,10 @@ class Controller:
     def reconcile(self, timeout: float = 30.0) -> dict[str, int]:
         """Bring the store in line with Kamailio's dialogs and rtpengine (after a restart)."""
         totals = {"adopted": 0, "closed": 0, "restarted": 0, "started": 0}
+        if not self.acting:
+            # a standby: cores made now would hide the calls from its takeover reconcile
+            log.info("standing by: not reconciling (the lease holder does, at its takeover)")
+            return totals
         for name in self.edges:
             for k, v in self._reconcile_edge(name, timeout).items():
                 totals[k] += v
