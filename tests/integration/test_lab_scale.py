@@ -130,9 +130,9 @@ def test_drill_leader_redis_partition(lab: ScaleLab) -> None:
     _healthy(lab)
 
 
-# not strict: after the fixes (README "The scale lab, drills and benchmark") 5 of 7 runs
+# not strict: after the fixes (README "The scale lab, drills and benchmark") 10 of 15 runs
 # were clean; in the others one call's session at srs1 had a twin the new leader did not end
-@pytest.mark.xfail(strict=False, reason="controller: in about 2 of 7 runs a session the "
+@pytest.mark.xfail(strict=False, reason="controller: in about 1 run of 3 a session the "
                    "cut-off leader established at the SRS is not ended by the new leader "
                    "(README 'The scale lab, drills and benchmark')")
 def test_partition_leaves_no_session_open() -> None:
