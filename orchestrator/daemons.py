@@ -23,7 +23,7 @@ from pathlib import Path
 from .errors import LabError
 
 __all__ = ["KAMAILIO_BIN", "REDIS_BIN", "RTPENGINE_BIN", "Daemon", "Kamailio", "RedisServer",
-           "Rtpengine", "free_port",
+           "Rtpengine", "free_port", "redis_main_conf",
            "free_ports", "kamailio_check", "ng_ping", "tcp_open"]
 
 RTPENGINE_BIN = "/usr/bin/rtpengine"
@@ -239,6 +239,12 @@ class Kamailio(Daemon):
         return tcp_open(*self.ready_tcp)
 
 
+def redis_main_conf(data_dir: Path, rendered: Path) -> str:
+    """What Debian's /etc/redis/redis.conf keeps (foreground, log to stdout, a data dir),
+    then siprecctl's rendered part included at its end, as the README's operator step."""
+    return f'daemonize no\nlogfile ""\ndir {data_dir}\ninclude {rendered}\n'
+
+
 class RedisServer(Daemon):
     """Debian's redis-server in the foreground from siprecctl's rendered ``redis.conf``,
     included by a minimal main config (what Debian's /etc/redis/redis.conf keeps: foreground,
@@ -256,8 +262,7 @@ class RedisServer(Daemon):
     def start(self) -> None:
         data = self.workdir / "data"
         data.mkdir(parents=True, exist_ok=True)
-        self.main_conf.write_text(f'daemonize no\nlogfile ""\ndir {data}\n'
-                                  f"include {self._rendered}\n")
+        self.main_conf.write_text(redis_main_conf(data, self._rendered))
         super().start()
 
     def ready(self) -> bool:

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..daemons import Kamailio, Rtpengine
+from ..daemons import Kamailio, Rtpengine, redis_main_conf
 from ..errors import LabError, SiprecctlError
 from ..site import Site, validate_data
 from . import netns, sipp
@@ -184,13 +184,10 @@ class ScaleLab(Lab):
         add("callee", "callee", "callee",
             sipp.uas_argv(d / "sipp", self.address("callee"), callee_port),
             workdir=str(d / "sipp"), address=self.address("callee"), port=callee_port)
-        # what Debian's /etc/redis/redis.conf keeps (foreground here, a lab dir), then
-        # siprecctl's rendered part, included at its end as the README says
         rdir = d / "redis"
         (rdir / "data").mkdir(parents=True, exist_ok=True)
         main = rdir / "redis-main.conf"
-        main.write_text(f'daemonize no\nlogfile ""\ndir {rdir / "data"}\n'
-                        f"include {cfg / 'redis' / 'redis.conf'}\n")
+        main.write_text(redis_main_conf(rdir / "data", cfg / "redis" / "redis.conf"))
         add("redis", "redis", "redis", [REDIS_BIN, str(main)],
             address=redis.address, port=redis.port)
         for n in site.media.nodes:

@@ -337,6 +337,8 @@ def test_node_loss_peer_carries_the_call_and_a_new_fork(scale: Scale) -> None:
         time.sleep(0.5)
         assert _knows(a2, cid), "rtp-a2 forgot the call by itself"
         a2.unsubscribe(cid, "srs1")  # unsubscribe first, then delete (FIELD-NOTES)
+        # what the controller sends after a node loss (README "After a node loss"): the
+        # NG delete's own delete-delay; the daemon runs with the rendered one
         a2.delete(cid, delete_delay=0)
         wait_for(lambda: not _knows(a2, cid), 3, "rtp-a2 to forget the deleted call")
     finally:
