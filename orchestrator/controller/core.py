@@ -194,6 +194,7 @@ class CallCore:
         self._out: list[Action] = []
         self._dirty: dict[str, RecordingSession] = {}
         self._orphans: dict[str, Attempt] = {}  # abandoned INVITE attempts by RS Call-ID
+        self._late_byes: set[str] = set()  # RS Call-IDs of BYEs sent after a late 2xx
         # README "After a node loss" / "After an edge loss"
         self.relocating = False  # node lost: waiting for the driver's Relocated
         self.lost_node: str | None = None
@@ -698,14 +699,21 @@ class CallCore:
 
     def _stray_reply(self, r: RsReply, now: float) -> None:
         """A reply to nothing pending: a late 2xx to an abandoned INVITE gets a BYE."""
+        if r.method == "BYE" and r.rs_call_id in self._late_byes:
+            self._late_byes.discard(r.rs_call_id)
+            if not 200 <= r.code < 300:  # the SRS keeps a session nobody will end
+                self._emit(Observe("late_answer_bye_refused"))
+            return
         if r.method != "INVITE" or not 200 <= r.code < 300:
             return
         att = self._orphans.pop(r.rs_call_id, None)
         if att is None:
             return
+        # the dialog is the one the INVITE began: our From tag is the one the 2xx echoes
+        # (RFC 3261 §8.2.6.2), not a new one — the SRS answers a BYE with another tag 481
         d = RsDialog(call_id=att.rs_call_id, local_uri=self.edge.src_uri,
                      remote_uri=att.srs_uri, contact=self.edge.contact(att.transport),
-                     transport=att.transport)
+                     transport=att.transport, local_tag=r.from_tag)
         d.cseq = r.cseq
         try:
             d.confirm_from(r)
@@ -714,6 +722,7 @@ class CallCore:
             return
         self._emit(SendRequest(None, self.sip_edge, d.call_id, "BYE", ruri, d.nexthop(),
                                hdrs, b"", cseq))
+        self._late_byes.add(d.call_id)
         self._emit(Observe("late_answer"))
 
     def _send_failed(self, rs_call_id: str, method: str, error: str, now: float,

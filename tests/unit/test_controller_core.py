@@ -35,6 +35,7 @@ from orchestrator.controller.messages import (
 )
 from orchestrator.controller.selection import SrsProber, SrsSelector
 from orchestrator.controller.session import State
+from orchestrator.controller.store import session_doc, session_from_doc
 from orchestrator.kamailio.events import CallAnswered, CallEnded, CallReinvite, RsReply, RsRequest
 from orchestrator.site.model import SrsGroup
 
@@ -49,6 +50,12 @@ def srs_sdp(port: int = 40000) -> bytes:
     return (f"v=0\r\no=srs 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
             f"m=audio {port} RTP/AVP 0\r\na=label:0\r\na=recvonly\r\n"
             f"m=audio {port + 2} RTP/AVP 0\r\na=label:1\r\na=recvonly\r\n").encode()
+
+
+def from_tag(req: Any) -> str:
+    """Our From tag in a request's header block (the SRS echoes it in its replies)."""
+    line = next(h for h in req.headers.split("\r\n") if h.startswith("From:"))
+    return line.split(";tag=", 1)[1]
 
 
 def group(n: int = 2, **kw: Any) -> SrsGroup:
@@ -98,7 +105,7 @@ class Harness:
         acts = self.feed(RsReply(edge="edge1", rs_call_id=inv.rs_call_id,
                                  method=method or getattr(inv, "method", "INVITE"),
                                  cseq=inv.cseq, code=code, reason="OK" if code < 300 else "No",
-                                 to_tag="srs-tag", from_tag="src-tag",
+                                 to_tag="srs-tag", from_tag=from_tag(inv),
                                  contact="<sip:srs@127.0.0.1:5091>",
                                  content_type="application/sdp",
                                  body=srs_sdp() if body is None and code < 300 else body or b""),
@@ -175,7 +182,8 @@ def test_invite_failover(codes: list[int], no_failover: list[int], expect_uris: 
         assert h.session().state is State.ESTABLISHED and h.losses() == []
 
 
-def test_unanswered_invite_is_cancelled_and_a_late_2xx_gets_a_bye() -> None:
+@pytest.mark.parametrize("bye_code", [200, 481])
+def test_unanswered_invite_is_cancelled_and_a_late_2xx_gets_a_bye(bye_code: int) -> None:
     h = Harness()
     first = h.last(SendInvite, h.subscribed(h.start()))
     acts = h.feed(Tick(), 2.5)  # the group timeout is 2 s
@@ -188,6 +196,10 @@ def test_unanswered_invite_is_cancelled_and_a_late_2xx_gets_a_bye() -> None:
     bye = h.last(SendRequest, acts)
     assert (bye.method, bye.rs_call_id, bye.session_id) == ("BYE", first.rs_call_id, None)
     assert "To: <sip:srs@127.0.0.1:5091>;tag=srs-tag" in bye.headers
+    # the dialog the first INVITE began: its From tag, or the SRS answers the BYE 481
+    assert f"From: <sip:siprec-src@127.0.0.1>;tag={from_tag(first)}\r\n" in bye.headers
+    refused = Observe("late_answer_bye_refused")
+    assert (refused in h.answer(bye, bye_code, method="BYE")) is (bye_code != 200)
     assert h.session().state is State.ESTABLISHED and h.session().srs_uri == SRS[1]
 
 
@@ -446,12 +458,17 @@ def test_adopt_after_restart() -> None:
     assert h2.core.open_sessions() == [est]
     # an INVITE the old controller left pending: CANCEL, and set up again
     h3 = Harness()
-    h3.subscribed(h3.start())
-    inviting = h3.session()
+    invite = h3.last(SendInvite, h3.subscribed(h3.start()))
+    inviting = session_from_doc(session_doc(h3.session()), [])  # as the store gives it back
     h4 = Harness(selector=SrsSelector({"g": group()}))
     acts = [a for a in h4.core.adopt([inviting], set(), T0 + 60) if not isinstance(a, Persist)]
     assert kinds(acts)[:3] == ["CancelInvite", "QueryMedia", "Unsubscribe"]
     assert kinds(acts)[-1] == "Subscribe"
+    # ... and its 2xx, which came meanwhile (a pair's new leader replays it): a BYE in the
+    # dialog that INVITE began, our From tag included
+    bye = h4.last(SendRequest, h4.answer(invite))
+    assert (bye.method, bye.rs_call_id) == ("BYE", invite.rs_call_id)
+    assert f";tag={from_tag(invite)}\r\n" in bye.headers
 
 
 # ------------------------------------------------------------------------------ selection
