@@ -26,16 +26,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..daemons import Kamailio, Rtpengine, redis_main_conf
+from ..daemons import REDIS_BIN, Kamailio, Rtpengine, redis_main_conf
 from ..errors import LabError, SiprecctlError
 from ..site import Site, validate_data
 from . import netns, sipp
 from .hosts import NETNS_SRS_RTP, Lab, _uri_port, _uri_with, proc_alive, srs_uris
 from .netns import NetPlan
 
-__all__ = ["REDIS_BIN", "ScaleLab", "is_scale", "scale_hosts", "scale_lab_site"]
+__all__ = ["ScaleLab", "is_scale", "scale_hosts", "scale_lab_site"]
 
-REDIS_BIN = "/usr/bin/redis-server"
 LEASE_TTL = 2.0  # serve's default, said explicitly: the drills' takeover bound rests on it
 
 
