@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from ..site.model import SrsGroup, SrsServer
 
-__all__ = ["NODE_PING_FAILURES", "NODE_PING_INTERVAL", "PROBE_PREFIX", "NodeProber", "Prober",
+__all__ = ["PROBE_PREFIX", "NodeProber", "Prober",
            "SrsHealth", "SrsProber", "SrsSelector"]
 
 
@@ -183,19 +183,16 @@ class SrsProber(Prober):
                     self.add(s.uri, g.probe_interval, g.probe_failures, s.transport)
 
 
-NODE_PING_INTERVAL = 1.0  # seconds between NG pings of each rtpengine node
-NODE_PING_FAILURES = 2  # missed (or refused) pings in a row: the node is lost
-
-
 class NodeProber(Prober):
-    """NG ``ping`` of every rtpengine node: lost after ``failures`` missed pings in a row
-    (a refused one counts at once), i.e. 1–2 s after its death when the port refuses
-    (loopback, a stopped daemon), 2–3 s when the host goes silent; up again on a pong."""
+    """NG ``ping`` of every rtpengine node every ``interval`` s (``media.ping_interval``):
+    lost after ``failures`` (``media.ping_failures``) missed pings in a row (a refused one
+    counts at once), i.e. with the defaults (1 s, 2) 1–2 s after its death when the port
+    refuses (loopback, a stopped daemon), 2–3 s when the host goes silent; up again on a
+    pong."""
 
     prefix = "node-ping-"
 
-    def __init__(self, nodes: Iterable[str], interval: float = NODE_PING_INTERVAL,
-                 failures: int = NODE_PING_FAILURES) -> None:
+    def __init__(self, nodes: Iterable[str], interval: float, failures: int) -> None:
         super().__init__()
         for n in nodes:
             self.add(n, interval, failures)

@@ -103,9 +103,6 @@ T = TypeVar("T")
 
 RETIRE_AFTER = 40.0  # keep a finished call's core this long: a late 2xx still gets its BYE
 ENDED_MEMORY = 120.0  # remember ended calls this long (answered events still queued)
-# README "After an edge loss": an edge whose evapi link stays down this long (reconnects
-# failing) is lost; its calls' recordings are closed and counted (edge_lost)
-EDGE_LOST_AFTER = 10.0
 # README "After a node loss": counters read twice this far apart find the node that carries
 # a lost node's call (its legs' packet counters grow)
 CARRIER_WINDOW = 0.25
@@ -182,7 +179,8 @@ class Controller:
         self.groups = {g.name: g for g in site.recording.srs_groups}
         self.selector = SrsSelector(self.groups)
         self.prober = SrsProber(self.groups.values())
-        self.node_prober = NodeProber(n.name for n in site.media.nodes)
+        self.node_prober = NodeProber((n.name for n in site.media.nodes),
+                                      site.media.ping_interval, site.media.ping_failures)
         self._edge_down: dict[str, float] = {}  # edge -> since when its evapi is down
         self._edge_lost: set[str] = set()
         self.groups_uris = sorted({s.uri for g in self.groups.values() for s in g.servers})
@@ -667,7 +665,8 @@ class Controller:
     def _edges_lost(self, now: float) -> list[tuple[str, Action]]:
         out: list[tuple[str, Action]] = []
         for edge, since in list(self._edge_down.items()):
-            if edge in self._edge_lost or now - since < EDGE_LOST_AFTER:
+            # README "After an edge loss": down this long (reconnects failing), it is lost
+            if edge in self._edge_lost or now - since < self.site.controller.edge_lost_after:
                 continue
             self._edge_lost.add(edge)
             self.metrics.edge_lost.labels(edge).set(1)

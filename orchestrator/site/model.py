@@ -296,6 +296,11 @@ class Media(Strict):
     recording: MediaRecording = Field(default_factory=MediaRecording)
     delete_delay: int = Field(30, ge=0, le=3600)
     timeouts: Timeouts = Field(default_factory=Timeouts)
+    # README "After a node loss": the controller's NG pings of every node
+    ping_interval: float = Field(1.0, ge=0.1, le=30, description="seconds between the "
+                                 "controller's NG pings of each rtpengine node")
+    ping_failures: int = Field(2, ge=1, le=10, description="missed (or refused) pings in a "
+                               "row after which a node is lost and its calls relocated")
     redis: LegacyMediaRedis | None = Field(None, description="replaced by the top-level "
                                            "redis section and media.nodes[].redis")
 
@@ -410,6 +415,9 @@ class Controller(Strict):
         "count the late part")
     max_pending: int = Field(5000, ge=10, le=1_000_000, description="answered calls waiting "
                              "for set-up beyond which new ones are shed")
+    edge_lost_after: float = Field(10.0, ge=1, le=3600, description="seconds an edge's "
+                                   "evapi link stays down (reconnects failing) before the "
+                                   "edge is lost and its calls' recordings closed and counted")
 
 
 # ---------------------------------------------------------------------------- redis

@@ -2,8 +2,8 @@
 of test_node_loss.py with two edges on the same rtpengine set).
 
 The killed edge's calls can no longer get anything through it: not their end, not a BYE
-to the SRS. After ``EDGE_LOST_AFTER`` seconds without it (the controller's evapi reconnects
-failing), the controller counts their recordings as cut short (``edge_lost``), stops their
+to the SRS. After ``controller.edge_lost_after`` seconds without it (a site setting,
+default 10 s, 6 s in this rig; the controller's evapi reconnects failing), the controller counts their recordings as cut short (``edge_lost``), stops their
 forks on rtpengine (unsubscribe, then the call's delete) and ends their recording sessions
 through the edge that is left; the other edge's calls are not touched. When the edge comes
 back, the reconnect's reconcile runs and the edge is no longer counted lost (README "After
@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.controller.service import EDGE_LOST_AFTER
 from orchestrator.errors import SiprecctlError
 from orchestrator.lab.ua import LabCall
 from tests.conftest import wait_for
@@ -62,6 +61,7 @@ def test_edge_killed_its_calls_closed_the_other_edge_untouched(rig: Rig) -> None
     lost = [place(rig, "rtp1", "edge1"), place(rig, "rtp2", "edge1")]
     kept = [place(rig, "rtp1", "edge2"), place(rig, "rtp2", "edge2")]
     calls = lost + kept
+    lost_after = rig.site.controller.edge_lost_after  # the rig's site: 6 s
     ngs = {n: rig.ng(n) for n in ("rtp1", "rtp2")}
     try:
         for c in calls:
@@ -72,7 +72,7 @@ def test_edge_killed_its_calls_closed_the_other_edge_untouched(rig: Rig) -> None
         wait_for(lambda: rig.api("/health")["edges"]["edge1"] is False, 5,
                  "the controller to see edge1's evapi link drop")
         wait_for(lambda: rig.api("/health")["edges_lost"] == ["edge1"],
-                 EDGE_LOST_AFTER + 5, "edge1 counted lost")
+                 lost_after + 5, "edge1 counted lost")
         declared = time.time() - killed
         for c in lost:
             wait_for(partial(_closed, rig, c.call_id), 10, f"{c.call_id}'s recording closed")
@@ -103,7 +103,7 @@ def test_edge_killed_its_calls_closed_the_other_edge_untouched(rig: Rig) -> None
         duplicated = sum(max(0, len(srs_for(rig, ids)) - 1) for ids in rs.values())
         open_at_srs = [x.call_id for x in rig.srs.sessions() if not x.ended]
         print(f"\nedge1 SIGKILLed with {len(calls)} recorded calls ({len(lost)} through it): "
-              f"counted lost after {declared:.1f} s (bound {EDGE_LOST_AFTER:g} s + 1 s "
+              f"counted lost after {declared:.1f} s (bound {lost_after:g} s + 1 s "
               f"loop); sessions duplicated {duplicated}, SRS sessions left open "
               f"{len(open_at_srs)}")
         for c in calls:
@@ -117,7 +117,7 @@ def test_edge_killed_its_calls_closed_the_other_edge_untouched(rig: Rig) -> None
             else:
                 assert [r for r, _ in counted] == ["edge_lost"]
         assert duplicated == 0 and not open_at_srs
-        assert EDGE_LOST_AFTER <= declared <= EDGE_LOST_AFTER + 3.0
+        assert lost_after <= declared <= lost_after + 3.0
 
         # the edge comes back (same config): reconnected, reconciled, no longer lost
         rig.edges["edge1"].start()

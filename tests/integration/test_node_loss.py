@@ -78,8 +78,10 @@ def site_data(work: Path, ports: dict[str, int], edges: int = 1) -> dict[str, An
         "recording": {"default": True, "local": False, "siprec": "main",
                       "srs_groups": [{"name": "main", "servers": [
                           {"uri": f"sip:srs@{LO}:{ports['srs']}"}]}]},
+        # edge_lost_after: the site setting operators have, below its 10-s default, so
+        # test_edge_loss.py shows the controller takes it from the site
         "controller": {"api": {"address": LO, "port": ports["api"]},
-                       "store": str(work / "controller.sqlite")},
+                       "store": str(work / "controller.sqlite"), "edge_lost_after": 6.0},
         "redis": {"address": LO, "port": ports["redis"], "controller_db": 0},
         "security": {"secrets_dir": str(work / "secrets")},
         "accounting": {"dir": str(work / "accounting")},

@@ -12,7 +12,7 @@ from orchestrator.ng.reply import Reply
 
 
 def test_node_lost_after_two_refused_pings_and_back_on_a_pong() -> None:
-    p = NodeProber(["rtp1", "rtp2"])
+    p = NodeProber(["rtp1", "rtp2"], 1.0, 2)  # the site defaults (media.ping_*)
     sent = {n: tok for n, _, tok in p.to_send(0.0)}
     assert set(sent) == {"rtp1", "rtp2"} and all(NodeProber.owns(t) for t in sent.values())
     assert not SrsProber.owns(sent["rtp1"])  # the two probers' ids never mix
@@ -34,7 +34,7 @@ def test_node_lost_after_two_refused_pings_and_back_on_a_pong() -> None:
 ])
 def test_silent_node_is_lost_within_the_bound(interval: float, silent_from: float,
                                               lost_by: float) -> None:
-    p = NodeProber(["n"], interval=interval)
+    p = NodeProber(["n"], interval, 2)
     t, lost_at = 0.0, None
     while t < 10 and lost_at is None:
         for _, _, tok in p.to_send(t):

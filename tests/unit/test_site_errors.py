@@ -25,7 +25,7 @@ CASES = [
     ("unknown-key",
      variant("  delete_delay: 2\n", "  delete_delay: 2\n  colour: blue\n"),
      "site.yaml:20 media.colour: unknown key (expected one of: nodes, recording, "
-     "delete_delay, timeouts, redis)"),
+     "delete_delay, timeouts, ping_interval, ping_failures, redis)"),
     ("bad-type-int",
      variant("delete_delay: 2", "delete_delay: soon"),
      'site.yaml:19 media.delete_delay: expected an integer, got a string "soon"'),
@@ -97,6 +97,9 @@ CASES = [
     ("out-of-range",
      variant("port: 2223", "port: 70000"),
      "site.yaml:22 media.nodes[0].ng.port: must be <= 65535, got 70000"),
+    ("node-ping-too-fast",
+     variant("  delete_delay: 2\n", "  delete_delay: 2\n  ping_interval: 0.01\n"),
+     "site.yaml:20 media.ping_interval: must be >= 0.1, got 0.01"),
     ("bad-name",
      variant("name: edge1", "name: Edge One"),
      "site.yaml:6 edges[0].name: 'Edge One' is not a valid name (expected lower-case letters, "
