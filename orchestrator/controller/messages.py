@@ -219,7 +219,7 @@ class SendRequest:
 
 @dataclass(frozen=True, slots=True)
 class CancelInvite:
-    """CANCEL of a pending INVITE (``tm.cancel`` on the edge)."""
+    """CANCEL of a pending INVITE (the edge's ``cancel`` evapi command)."""
 
     edge: str
     rs_call_id: str

@@ -866,11 +866,13 @@ class Controller:
                 except KamailioError as exc:
                     self._feed(call_id, SendFailed(a.rs_call_id, a.cseq, a.method, str(exc)))
             elif isinstance(a, CancelInvite):
+                # an evapi command (tmx t_cancel_callid), not the tm.cancel RPC: in 5.6 that
+                # leaves the INVITE's transaction released by the xhttp worker (kamailio#4011)
                 try:
-                    self.edges[a.edge].rpc.call("tm.cancel", a.rs_call_id, str(a.cseq),
-                                                timeout=2.0)
+                    self._edge_send(self.edges[a.edge], {"cmd": "cancel", "call_id": a.rs_call_id,
+                                                         "cseq": str(a.cseq)})
                 except KamailioError as exc:
-                    log.debug("tm.cancel %s: %s", a.rs_call_id, exc)
+                    log.debug("cancel %s: %s", a.rs_call_id, exc)
             elif isinstance(a, EdgeSdp | EdgeForget):
                 cmd = {"cmd": "sdp", "call_id": a.rs_call_id,
                        "sdp": a.sdp.decode("utf-8", "replace")} if isinstance(a, EdgeSdp) \

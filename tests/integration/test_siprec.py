@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from orchestrator.controller.store import SessionStore
-from orchestrator.daemons import free_port, free_ports
+from orchestrator.daemons import Kamailio, free_port, free_ports
 from orchestrator.kamailio.encoding import original_bytes
 from orchestrator.lab import sipp
 from orchestrator.lab.events import EventReader
@@ -33,13 +33,13 @@ SRS_BEHAVIOUR = {
     "silent": Behaviour(no_answer=True), "bye": Behaviour(bye_after=1.0),
     "snapshot": Behaviour(snapshot_after=0.5), "snaphold": Behaviour(snapshot_after=1.5),
     "refresh": Behaviour(refresh_after=0.5, move_on_refresh=True),
-    "slow": Behaviour(reinvite_delay=0.8),
+    "slow": Behaviour(reinvite_delay=0.8), "late": Behaviour(answer_delay=3.0),
 }
 # header X-Srs value -> SRS group (the rule of the same name routes it)
 GROUPS = {
     "reject": ["reject", "ok2"], "silent": ["silent", "ok2"], "dead": ["reject"],
     "bye": ["bye"], "snapshot": ["snapshot"], "snaphold": ["snaphold"], "refresh": ["refresh"],
-    "slow": ["slow"],
+    "slow": ["slow"], "late": ["late", "ok2"],
 }
 
 
@@ -364,6 +364,29 @@ def test_silent_srs_fails_over_after_the_timeout(stack: LabStack) -> None:
         assert sess["srs"].endswith(f":{stack.srs['ok2'].port}")
         assert any("no answer" in (h["detail"] or "") for h in sess["history"])
         assert any(s.ignored for s in stack.srs["silent"].sessions())
+    finally:
+        call.bye()
+        call.close()
+
+
+def test_late_srs_is_cancelled_and_its_487_acked(stack: LabStack) -> None:
+    """An SRS that rings past the group's 1-s timeout: the controller CANCELs its INVITE
+    (the edge's evapi ``cancel``) and fails over. The SRS's 487 is ACKed by the edge's tm:
+    the INVITE's transaction lived on. (Kamailio 5.6's ``tm.cancel`` RPC, used before,
+    leaves the xhttp worker holding it, which then releases it — "script writer didn't
+    release transaction" — and no ACK follows; kamailio#4011, fixed in 6.0.)"""
+    call = lab_call(stack, **{"X-Srs": "late"})
+    try:
+        sess = established(stack, call.call_id)
+        assert sess["srs"].endswith(f":{stack.srs['ok2'].port}")
+        assert any("no answer" in (h["detail"] or "") for h in sess["history"])
+        late = wait(lambda: [s for s in stack.srs["late"].sessions()
+                             if s.final_status == 487], 5, "the late SRS's 487")
+        wait(lambda: all(s.acked_at for s in late), 5, "the edge's ACK of the 487")
+        kam = next(d for d in stack.daemons if isinstance(d, Kamailio))
+        log = kam.log_path.read_text(errors="replace")
+        assert "didn't release transaction" not in log
+        assert "still linked in hash table" not in log
     finally:
         call.bye()
         call.close()

@@ -105,16 +105,16 @@ class Transactions:
         # Keep the transaction to absorb retransmissions (Timer J/I, RFC 3261 §17.2).
         self._loop.call_later(self.timers.timer_h, self._forget, tx)
 
-    def absorb_ack(self, msg: SipMessage, via: Via) -> bool:
-        """True if ``msg`` is the ACK of a non-2xx final response: it ends that transaction's
-        Timer G (RFC 3261 §17.2.1) and goes no further."""
+    def absorb_ack(self, msg: SipMessage, via: Via) -> ServerTx | None:
+        """The INVITE transaction if ``msg`` is the ACK of its non-2xx final response: that
+        ends its Timer G (RFC 3261 §17.2.1) and the ACK goes no further; else None."""
         tx = self.invite_of(msg, via)
         if tx is None or tx.final is None or tx.final < 300:
-            return False
+            return None
         tx.retrans = None
         if tx.timer is not None:
             tx.timer.cancel()
-        return True
+        return tx
 
     def answer_malformed(self, data: bytes, peer: Peer, why: str) -> None:
         """400 to a request that cannot be parsed or processed, if it has the headers a

@@ -166,8 +166,11 @@ class SrsDialogs:
     # -- ACK, CANCEL and in-dialog requests
 
     def on_ack(self, msg: SipMessage, via: Via) -> None:
-        if self._tx.absorb_ack(msg, via):
-            return  # ACK of a non-2xx final response: same transaction (RFC 3261 §17.2.1)
+        tx = self._tx.absorb_ack(msg, via)
+        if tx is not None:  # ACK of a non-2xx final response: same transaction (§17.2.1)
+            if tx.call is not None and tx.call.record.acked_at is None:
+                tx.call.record.acked_at = time.time()  # e.g. the 487 after a CANCEL
+            return
         call = self._book.of_request(msg)
         if call is None:
             log.debug("ACK outside any dialog absorbed (Call-ID %s)", msg.header("call-id"))
