@@ -15,6 +15,7 @@ import pytest
 
 from orchestrator.controller.store import SessionStore
 from orchestrator.daemons import Kamailio, free_port, free_ports
+from orchestrator.kamailio import KamailioClient, KamcliTransport
 from orchestrator.kamailio.encoding import original_bytes
 from orchestrator.lab import sipp
 from orchestrator.lab.events import EventReader
@@ -383,13 +384,23 @@ def test_late_srs_is_cancelled_and_its_487_acked(stack: LabStack) -> None:
         late = wait(lambda: [s for s in stack.srs["late"].sessions()
                              if s.final_status == 487], 5, "the late SRS's 487")
         wait(lambda: all(s.acked_at for s in late), 5, "the edge's ACK of the 487")
-        kam = next(d for d in stack.daemons if isinstance(d, Kamailio))
-        log = kam.log_path.read_text(errors="replace")
-        assert "didn't release transaction" not in log
-        assert "still linked in hash table" not in log
+        ini = stack.workdir / "configs" / "kamailio" / "edge1" / "kamcli.ini"
+        with KamailioClient(KamcliTransport(ini)) as rpc:
+            created = int(rpc.call("tm.stats")["created"])  # the cancelled INVITE's included
     finally:
         call.bye()
         call.close()
+    kam = next(d for d in stack.daemons if isinstance(d, Kamailio))
+    log = kam.log_path.read_text(errors="replace")
+    assert "didn't release transaction" not in log
+    assert "still linked in hash table" not in log
+    # ... and the cancelled INVITE's transaction is freed after tm's wait timer (5 s), not
+    # kept referenced by the cancel (a cell freed late counts in tm's delayed_free)
+    with KamailioClient(KamcliTransport(ini)) as rpc:
+        st = wait(lambda: (x := rpc.call("tm.stats"))["freed"] + x["delayed_free"] >= created
+                  and x, 15, "the transactions of the cancel's time freed")
+    print(f"\nedge tm.stats: {st}")
+    assert st["delayed_free"] == 0
 
 
 def test_required_recording_without_srs_ends_the_call(stack: LabStack) -> None:
