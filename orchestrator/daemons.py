@@ -24,7 +24,7 @@ from .errors import LabError
 
 __all__ = ["KAMAILIO_BIN", "REDIS_BIN", "RTPENGINE_BIN", "Daemon", "Kamailio", "RedisServer",
            "Rtpengine", "free_port", "redis_main_conf",
-           "free_ports", "kamailio_check", "ng_ping", "tcp_open"]
+           "free_ports", "kamailio_check", "ng_ping", "tcp_open", "udp_bound"]
 
 RTPENGINE_BIN = "/usr/bin/rtpengine"
 KAMAILIO_BIN = "/usr/sbin/kamailio"
@@ -85,6 +85,20 @@ def tcp_open(host: str, port: int, timeout: float = 0.3) -> bool:
             return True
     except OSError:
         return False
+
+
+def udp_bound(host: str, port: int) -> bool:
+    """True when a socket of this network namespace is bound to UDP ``host:port`` (or the
+    port on any address), read from ``/proc/net/udp``: probing by binding the port would
+    race the process starting on it."""
+    want = {f"00000000:{port:04X}"}
+    with contextlib.suppress(OSError):  # a host name: the wildcard address only
+        want.add(f"{socket.inet_aton(host)[::-1].hex().upper()}:{port:04X}")
+    try:
+        lines = Path("/proc/net/udp").read_text().splitlines()[1:]
+    except OSError:
+        return False
+    return any(len(f := ln.split()) > 1 and f[1] in want for ln in lines)
 
 
 class Daemon:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
-from ..daemons import Daemon
+from ..daemons import Daemon, udp_bound
 
 SIPP_BIN = "/usr/bin/sipp"
 SIPP_PCAPS = Path("/usr/share/sip-tester")  # g711a.pcap ships with the sip-tester package
@@ -58,10 +58,13 @@ def uas_argv(cwd: Path, host: str, port: int, *, rtp_echo: bool = True,
 
 def uas(cwd: Path, host: str, port: int, *, rtp_echo: bool = True,
         record_route: bool = False) -> Daemon:
-    """Start the callee of :func:`uas_argv`; its screen output goes nowhere."""
+    """Start the callee of :func:`uas_argv` and wait until it listens (calls placed before
+    would fail on a closed port); its screen output goes nowhere."""
     proc = Daemon(uas_argv(cwd, host, port, rtp_echo=rtp_echo, record_route=record_route),
-                  cwd, name="sipp", log_path=Path(os.devnull))
+                  cwd, name="sipp", log_path=Path(os.devnull),
+                  ready=lambda: udp_bound(host, port))
     proc.start()
+    proc.wait_ready(10.0)
     return proc
 
 
