@@ -381,9 +381,11 @@ def test_late_srs_is_cancelled_and_its_487_acked(stack: LabStack) -> None:
         sess = established(stack, call.call_id)
         assert sess["srs"].endswith(f":{stack.srs['ok2'].port}")
         assert any("no answer" in (h["detail"] or "") for h in sess["history"])
-        late = wait(lambda: [s for s in stack.srs["late"].sessions()
-                             if s.final_status == 487], 5, "the late SRS's 487")
-        wait(lambda: all(s.acked_at for s in late), 5, "the edge's ACK of the 487")
+        def cancelled() -> list[SrsSession]:  # fresh copies at each poll
+            return [s for s in stack.srs["late"].sessions() if s.final_status == 487]
+
+        wait(cancelled, 5, "the late SRS's 487")
+        wait(lambda: all(s.acked_at for s in cancelled()), 5, "the edge's ACK of the 487")
         ini = stack.workdir / "configs" / "kamailio" / "edge1" / "kamcli.ini"
         with KamailioClient(KamcliTransport(ini)) as rpc:
             created = int(rpc.call("tm.stats")["created"])  # the cancelled INVITE's included
